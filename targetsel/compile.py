@@ -1,0 +1,135 @@
+"""Compile a selection to a `target_modules` value that PEFT matches exactly.
+
+PEFT matches a *list* entry by exact name or by dotted suffix, and a *string* with
+`re.fullmatch`. A list of full names therefore over-matches whenever another module's name
+ends with `"." + selected_name`; the regex form never does. Every form is checked against all
+module names of the model with an O(N) equivalent of PEFT's list rule (`list_matches`), which
+the test-suite proves equal to PEFT's own `check_target_module_exists`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Iterable, Optional, Union
+
+from .errors import EmptySelectionError, SelectionError, TargetselError
+from .regex_build import names_regex
+
+if TYPE_CHECKING:
+    from .selection import Selection
+
+FORMS = ("auto", "list", "suffixes", "regex")
+
+
+def _dotted_suffixes(name: str) -> Iterable[str]:
+    """Proper dotted suffixes of `name`, longest first: a.b.c → b.c, c."""
+    start = name.find(".")
+    while start >= 0:
+        yield name[start + 1 :]
+        start = name.find(".", start + 1)
+
+
+def list_matches(entries: Iterable[str], names: Iterable[str]) -> list[bool]:
+    """PEFT's list rule (exact name or dotted suffix) for every name, in O(total segments)."""
+    targets = set(entries)
+    return [name in targets or any(s in targets for s in _dotted_suffixes(name)) for name in names]
+
+
+def regex_matches(pattern: str, names: Iterable[str]) -> list[bool]:
+    full = re.compile(pattern).fullmatch
+    return [full(name) is not None for name in names]
+
+
+def _selected_and_others(selection: "Selection") -> tuple[list[str], list[str], list[bool]]:
+    index = selection._index()
+    mask = selection._mask().tolist()
+    names = index.names
+    selected = [n for n, m in zip(names, mask) if m]
+    return selected, names, mask
+
+
+def _require_nonempty(selection: "Selection", selected: list[str]) -> None:
+    if not selected:
+        from .diagnose import explain_empty
+
+        raise EmptySelectionError(explain_empty(selection))
+
+
+def _check_exact(kind: str, matched: list[bool], mask: list[bool], names: list[str]) -> None:
+    # Position 0 is the root (""): PEFT never matches it, so it does not count.
+    wrong = [n for n, got, want in zip(names[1:], matched[1:], mask[1:]) if got != want]
+    if wrong:
+        raise TargetselError(
+            f"internal error: the {kind} form is not exact for {len(wrong)} module(s), e.g. {wrong[:3]}. "
+            "Please report this with the model; use form='regex' meanwhile."
+        )
+
+
+def exact_regex(selection: "Selection") -> str:
+    selected, names, mask = _selected_and_others(selection)
+    _require_nonempty(selection, selected)
+    pattern = "^" + names_regex(selected) + "$"
+    _check_exact("regex", regex_matches(pattern, names), mask, names)
+    return pattern
+
+
+def minimal_suffixes(selected: list[str], names: list[str], mask: list[bool]) -> Optional[list[str]]:
+    """For each selected name its shortest dotted suffix that no unselected module name matches.
+
+    None when even a full name over-matches (another module's name ends with '.' + it).
+    """
+    blocked: set[str] = set()
+    for name, m in zip(names[1:], mask[1:]):
+        if not m:
+            blocked.add(name)
+            blocked.update(_dotted_suffixes(name))
+    chosen: dict[str, None] = {}
+    for name in selected:
+        candidates = list(_dotted_suffixes(name))[::-1] + [name]  # shortest first
+        pick = next((c for c in candidates if c not in blocked), None)
+        if pick is None:
+            return None
+        chosen.setdefault(pick, None)
+    return list(chosen)
+
+
+def _size(value) -> int:
+    return len(json.dumps(value if isinstance(value, str) else sorted(value)))
+
+
+def compile_targets(selection: "Selection", form: str = "auto") -> Union[str, list[str]]:
+    """The `target_modules` value for PEFT in the requested form, checked exact."""
+    if form not in FORMS:
+        raise TargetselError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    selected, names, mask = _selected_and_others(selection)
+    _require_nonempty(selection, selected)
+    candidates: list[Union[str, list[str]]] = []
+    if form in ("list", "auto"):
+        matched = list_matches(selected, names)
+        if any(g != w for g, w in zip(matched[1:], mask[1:])):
+            if form == "list":
+                over = [n for n, g, w in zip(names[1:], matched[1:], mask[1:]) if g and not w]
+                raise SelectionError(
+                    f"a list of full names would over-match here: PEFT matches list entries by dotted suffix, "
+                    f"and {len(over)} unselected module(s) end with a selected name, e.g. {over[:3]}. "
+                    "Use form='regex' (or 'auto')."
+                )
+        else:
+            candidates.append(list(selected))
+    if form in ("suffixes", "auto"):
+        suffixes = minimal_suffixes(selected, names, mask)
+        if suffixes is None and form == "suffixes":
+            raise SelectionError(
+                "no exact suffix list exists: an unselected module's name ends with a selected module's "
+                "full name. Use form='regex' (or 'auto')."
+            )
+        if suffixes is not None:
+            _check_exact("suffixes", list_matches(suffixes, names), mask, names)
+            candidates.append(suffixes)
+    if form in ("regex", "auto"):
+        pattern = "^" + names_regex(selected) + "$"
+        _check_exact("regex", regex_matches(pattern, names), mask, names)
+        candidates.append(pattern)
+    # Shortest serialised form wins; on a tie the earlier (more readable) one.
+    return min(candidates, key=_size)

@@ -1,0 +1,285 @@
+"""Evaluate a selector node against a model index, giving a boolean mask over module positions.
+
+Invariant: `evaluate(node, ctx, domain) == semantics(node) & domain`. `domain` only lets cheap
+clauses of an `&` narrow what expensive ones (regex, glob, callables) must look at; clauses whose
+meaning depends on the whole selection (`outermost`, `under:(…)`) evaluate on the full universe.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import nodes as N
+from .errors import TargetselError, UnknownNameError, did_you_mean
+from .index import QUANTIZED_LINEAR_NAMES, ModelIndex
+from .patterns import compile_glob, search_names
+
+
+class EvalContext:
+    """One evaluation: the index plus grad state read once, at the moment the terminal runs."""
+
+    def __init__(self, index: ModelIndex):
+        self.index = index
+        self._grad = None
+
+    def grad(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._grad is None:
+            self._grad = self.index.grad_counts()
+        return self._grad
+
+
+def _indices(mask: torch.Tensor) -> list[int]:
+    return mask.nonzero().flatten().tolist()
+
+
+def _from_indices(index: ModelIndex, kept: list[int]) -> torch.Tensor:
+    mask = torch.zeros(index.size, dtype=torch.bool)
+    if kept:
+        mask[torch.tensor(kept, dtype=torch.long)] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------- class predicates
+
+
+def class_matches(cls: type, name: str, exact: bool) -> bool:
+    """Does `cls` (exact) or a class in its MRO carry `name` (short name or dotted module.QualName)?"""
+    candidates = (cls,) if exact else cls.__mro__
+    for c in candidates:
+        if c.__name__ == name or f"{c.__module__}.{c.__qualname__}" == name:
+            return True
+    return False
+
+
+def is_linear_class(cls: type) -> bool:
+    """The layer family PEFT's "all-linear" means, plus quantized linears PEFT wraps."""
+    for c in cls.__mro__:
+        if c is torch.nn.Linear:
+            return True
+        if c.__name__ == "Conv1D" and c.__module__.startswith("transformers"):
+            return True
+        if c.__name__ in QUANTIZED_LINEAR_NAMES:
+            return True
+    return False
+
+
+def linear_mask(index: ModelIndex) -> torch.Tensor:
+    cached = index._cached.get("linear")
+    if cached is None:
+        mask = index.class_mask(is_linear_class)
+        # Adapter internals (lora_A, …) are never candidates, as in PEFT's all-linear expansion.
+        tuner = index.class_mask(lambda c: any(b.__name__ == "BaseTunerLayer" for b in c.__mro__))
+        if bool(tuner.any()):
+            mask = mask & ~index.ancestors_mask(tuner)
+        head = index.output_head_position()
+        if head is not None:
+            mask = mask.clone()
+            mask[head] = False
+        mask[0] = False
+        cached = index._cached["linear"] = mask
+    return cached
+
+
+# ---------------------------------------------------------------------------- binding checks
+
+
+def check_against_model(node, index: ModelIndex) -> None:
+    """Names a selector refers to (types, `under:` prefixes) must exist in this model."""
+    for n in N.walk(node):
+        if isinstance(n, N.TypeIs):
+            if not bool(index.class_mask(lambda c, n=n: class_matches(c, n.name, n.exact)).any()):
+                present = index.class_names()
+                hint = did_you_mean(n.name, present, "(classes in this model)")
+                raise UnknownNameError(
+                    f"no module of {_model_label(index)} is {'exactly ' if n.exact else ''}a {n.name!r}"
+                    + (f"; {hint}" if hint else f"; classes present: {', '.join(sorted(present)[:12])}")
+                )
+        elif isinstance(n, N.Under) and n.prefix is not None:
+            if not under_roots(index, n.prefix):
+                from .errors import closest
+
+                near = closest(n.prefix, [nm for nm in index.names if nm], n=3)
+                raise UnknownNameError(
+                    f"under({n.prefix!r}): {_model_label(index)} has no module named {n.prefix!r} "
+                    "(full name or dotted suffix)"
+                    + (f"; did you mean {', '.join(repr(c) for c in near)}?" if near else "")
+                )
+
+
+def _model_label(index: ModelIndex) -> str:
+    model = index.model_ref()
+    return f"{type(model).__name__} ({index.size - 1} modules)"
+
+
+def under_roots(index: ModelIndex, prefix: str) -> list[int]:
+    """Modules whose full name is `prefix` or ends with '.' + prefix (PEFT's suffix rule)."""
+    dotted = "." + prefix
+    return [i for i, name in enumerate(index.names) if i and (name == prefix or name.endswith(dotted))]
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+_CHEAP_FIRST = {"and": 5, "or": 5, "not": 5, "diff": 5, "name": 8, "glob": 7, "where": 9}
+
+
+def evaluate(node, ctx: EvalContext, domain: torch.Tensor) -> torch.Tensor:
+    handler = _HANDLERS.get(type(node))
+    if handler is None:
+        raise TargetselError(f"cannot evaluate {node!r}")
+    return handler(node, ctx, domain)
+
+
+def _flag(node: N.Flag, ctx: EvalContext, domain):
+    index = ctx.index
+    kind = node.kind
+    if kind == "all":
+        return domain
+    if kind == "linear":
+        return domain & linear_mask(index)
+    if kind == "leaf":
+        return domain & index.leaf_mask()
+    if kind == "outermost":
+        return domain & ~index.ancestors_mask(index.universe())  # outermost of everything
+    total, rg = ctx.grad()
+    has = total > 0
+    if kind == "trainable":
+        return domain & has & (rg == total)
+    if kind == "frozen":
+        return domain & has & (rg == 0)
+    if kind == "mixed":
+        return domain & has & (rg > 0) & (rg < total)
+    raise TargetselError(f"unknown flag {kind!r}")
+
+
+def _type(node: N.TypeIs, ctx, domain):
+    return domain & ctx.index.class_mask(lambda c: class_matches(c, node.name, node.exact))
+
+
+def _name(node: N.NameRegex, ctx, domain):
+    index = ctx.index
+    return _from_indices(index, search_names(node.pattern, index.names, _indices(domain)))
+
+
+def _glob(node: N.Glob, ctx, domain):
+    index = ctx.index
+    full = compile_glob(node.pattern).fullmatch
+    names = index.names
+    return _from_indices(index, [i for i in _indices(domain) if full(names[i])])
+
+
+def _under(node: N.Under, ctx, domain):
+    index = ctx.index
+    if node.prefix is not None:
+        roots = torch.zeros(index.size, dtype=torch.bool)
+        for i in under_roots(index, node.prefix):
+            roots[i] = True
+    else:
+        roots = evaluate(node.of, ctx, index.universe())
+    return domain & index.ancestors_mask(roots)
+
+
+def _layers(node: N.Layers, ctx, domain):
+    from .layerspec import index_in
+
+    index = ctx.index
+    container, block, length = index.block_info()
+    allowed_containers = None
+    if node.within is not None:
+        dotted = "." + node.within
+        allowed_containers = {
+            i for i, name in enumerate(index.names) if name == node.within or name.endswith(dotted)
+        }
+    memo: dict[tuple[int, int], bool] = {}
+    kept = []
+    for i in _indices(domain):
+        c = container[i]
+        if c < 0 or (allowed_containers is not None and c not in allowed_containers):
+            continue
+        key = (block[i], length[i])
+        ok = memo.get(key)
+        if ok is None:
+            ok = memo[key] = index_in(node.ranges, block[i], length[i])
+        if ok:
+            kept.append(i)
+    return _from_indices(index, kept)
+
+
+def _component(node: N.Component, ctx, domain):
+    from .components import component_mask
+
+    return domain & component_mask(ctx.index, node.name)
+
+
+def _and(node: N.And, ctx, domain):
+    items = list(node.items)
+    outermost = any(isinstance(i, N.Flag) and i.kind == "outermost" for i in items)
+    rest = [i for i in items if not (isinstance(i, N.Flag) and i.kind == "outermost")]
+    # Cheap clauses first so that regexes and callables see as few names as possible.
+    rest.sort(key=lambda i: _CHEAP_FIRST.get(getattr(i, "kind", ""), 0))
+    current = ctx.index.universe() if outermost else domain
+    for item in rest:
+        if not bool(current.any()):
+            break
+        current = evaluate(item, ctx, current)
+    if outermost:
+        current = current & ~ctx.index.ancestors_mask(current)
+        current = current & domain
+    return current
+
+
+def _or(node: N.Or, ctx, domain):
+    result = torch.zeros_like(domain)
+    remaining = domain
+    for item in node.items:
+        got = evaluate(item, ctx, remaining)
+        result = result | got
+        remaining = remaining & ~got
+    return result
+
+
+def _not(node: N.Not, ctx, domain):
+    return domain & ~evaluate(node.item, ctx, domain)
+
+
+def _diff(node: N.Diff, ctx, domain):
+    left = evaluate(node.left, ctx, domain)
+    return left & ~evaluate(node.right, ctx, left)
+
+
+def _where(node: N.Where, ctx, domain):
+    index = ctx.index
+    fn: Callable = node.fn
+    kept = []
+    for i in _indices(domain):
+        try:
+            ok = fn(index.names[i], index.modules[i])
+        except Exception as exc:
+            raise TargetselError(
+                f"where({node.label}) raised {type(exc).__name__}: {exc} on module {index.names[i]!r}"
+            ) from exc
+        if ok:
+            kept.append(i)
+    return _from_indices(index, kept)
+
+
+_HANDLERS = {
+    N.Flag: _flag,
+    N.TypeIs: _type,
+    N.NameRegex: _name,
+    N.Glob: _glob,
+    N.Under: _under,
+    N.Layers: _layers,
+    N.Component: _component,
+    N.And: _and,
+    N.Or: _or,
+    N.Not: _not,
+    N.Diff: _diff,
+    N.Where: _where,
+}
+
+
+def select_mask(node, index: ModelIndex) -> torch.Tensor:
+    ctx = EvalContext(index)
+    return evaluate(node, ctx, index.universe())

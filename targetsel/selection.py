@@ -1,0 +1,319 @@
+"""`Selection`: an immutable selector bound to one model, with the fluent filters and terminals.
+
+Every filter returns a new `Selection` holding a new selector node; nothing is evaluated until a
+terminal (`names()`, `len()`, `modules()`, `regex()`, `to_peft()`, display) runs, and each
+terminal reads the model as it is at that moment.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterator, Optional, Union
+
+import torch
+from torch import nn
+
+from . import nodes as N
+from .errors import (
+    EmptySelectionError,
+    ModelMismatchError,
+    PatternError,
+    SelectionError,
+    TargetselError,
+)
+from .evaluate import check_against_model, select_mask
+from .index import ModelIndex, get_index
+
+TypeLike = Union[type, str]
+
+
+class Selection:
+    """The modules of one model that a selector picks. Immutable; every method returns a new one."""
+
+    __slots__ = ("_model", "_node")
+
+    def __init__(self, model: nn.Module, node: Any = N.ALL, *, _checked: bool = False):
+        index = get_index(model)  # raises NotAModuleError for anything but an nn.Module
+        if isinstance(node, N.Selector):
+            node = node.root
+        if not _checked:
+            check_against_model(node, index)
+        self._model = model
+        self._node = node
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    @property
+    def selector(self) -> N.Selector:
+        """The model-independent selector; `str()` of it is the canonical query."""
+        return N.Selector(self._node)
+
+    @property
+    def query(self) -> str:
+        """The canonical query string (callables from `.where(fn)` are shown but cannot be parsed)."""
+        return N.to_query(self._node)
+
+    def _with(self, node) -> "Selection":
+        out = object.__new__(Selection)
+        out._model = self._model
+        out._node = node
+        return out
+
+    def _refine(self, node) -> "Selection":
+        check_against_model(node, get_index(self._model))
+        return self._with(N.and_(self._node, node))
+
+    def _index(self) -> ModelIndex:
+        return get_index(self._model)
+
+    def _mask(self) -> torch.Tensor:
+        return select_mask(self._node, self._index())
+
+    # ------------------------------------------------------------------ filters
+    def trainable(self) -> "Selection":
+        """Modules with parameters, all of which (tied ones included) require grad."""
+        return self._refine(N.Flag(kind="trainable"))
+
+    def frozen(self) -> "Selection":
+        """Modules with parameters, none of which requires grad."""
+        return self._refine(N.Flag(kind="frozen"))
+
+    def mixed(self) -> "Selection":
+        """Modules with some parameters that require grad and some that do not."""
+        return self._refine(N.Flag(kind="mixed"))
+
+    def linear(self) -> "Selection":
+        """What PEFT's "all-linear" means: nn.Linear, transformers' Conv1D, quantized linears; not the output head."""
+        return self._refine(N.Flag(kind="linear"))
+
+    def leaf(self) -> "Selection":
+        """Modules with no child modules."""
+        return self._refine(N.Flag(kind="leaf"))
+
+    def outermost(self) -> "Selection":
+        """Drop every selected module that has a selected ancestor."""
+        return self._with(N.and_(self._node, N.Flag(kind="outermost")))
+
+    def type(self, *types: TypeLike, exact: bool = False) -> "Selection":
+        """isinstance of any of `types` (classes or class names); `exact=True` for the exact class."""
+        if not types:
+            raise TargetselError("type() needs at least one class or class name, e.g. .type(nn.Linear)")
+        atoms = [N.TypeIs(name=_type_name(t), exact=bool(exact)) for t in types]
+        return self._refine(N.or_(*atoms))
+
+    def name(self, pattern: str) -> "Selection":
+        """Regex *search* over the full dotted name (the `regex` package, with a time budget)."""
+        from .patterns import compile_regex
+
+        compile_regex(N.normalise_regex(pattern))
+        return self._refine(N.NameRegex(pattern=pattern))
+
+    def glob(self, pattern: str) -> "Selection":
+        """Dotted glob over the full name: `*` one segment, `**` any number, `{q,k}` and `{0..31}` sets."""
+        from .patterns import glob_to_regex
+
+        glob_to_regex(pattern)
+        return self._refine(N.Glob(pattern=pattern))
+
+    def under(self, prefix_or_selection: Union[str, "Selection"]) -> "Selection":
+        """Strict descendants of the named module(s) (full name or dotted suffix) or of a selection."""
+        if isinstance(prefix_or_selection, Selection):
+            other = self._same_model(prefix_or_selection, "under")
+            return self._refine(N.Under(of=other._node))
+        if isinstance(prefix_or_selection, N.Selector):
+            return self._refine(N.Under(of=prefix_or_selection.root))
+        if not isinstance(prefix_or_selection, str) or not prefix_or_selection.strip():
+            raise TargetselError(
+                f"under() takes a module name or a Selection, got {prefix_or_selection!r}"
+            )
+        return self._refine(N.Under(prefix=prefix_or_selection))
+
+    def layers(self, spec, within: Optional[str] = None) -> "Selection":
+        """Modules inside numbered blocks whose index is in `spec` (int, range, slice, 'A..B', '-4..').
+
+        The block index is the first integer segment after a ModuleList-like container. When a
+        model has several containers (a vision and a language tower), negative indices count from
+        the end of each; `within="language_model.layers"` (full name or dotted suffix) keeps one.
+        """
+        from .layerspec import to_ranges
+
+        ranges = to_ranges(spec)
+        if within is not None and (not isinstance(within, str) or not within.strip()):
+            raise TargetselError(f"layers(within=...) names a block container such as 'layers', got {within!r}")
+        return self._refine(N.Layers(ranges=ranges, within=within))
+
+    def component(self, name: str) -> "Selection":
+        """vision, audio, language, projector or head — found from the model's structure."""
+        if name not in N.COMPONENTS:
+            from .errors import UnknownNameError, did_you_mean
+
+            raise UnknownNameError(
+                f"unknown component {name!r}; components are {', '.join(N.COMPONENTS)}"
+                + (f" ({did_you_mean(name, N.COMPONENTS)})" if did_you_mean(name, N.COMPONENTS) else "")
+            )
+        return self._refine(N.Component(name=name))
+
+    def where(self, predicate: Union[str, Callable[[str, nn.Module], bool], "Selection", N.Selector]) -> "Selection":
+        """Keep modules for which `predicate(name, module)` is true; a query string or selector also works."""
+        return self._refine(_coerce(predicate, self))
+
+    # ------------------------------------------------------------------ operators
+    def _same_model(self, other: Any, op: str) -> "Selection":
+        if isinstance(other, Selection):
+            if other._model is not self._model:
+                raise ModelMismatchError(
+                    f"cannot combine selections of two different models with {op!r}: "
+                    f"{type(self._model).__name__} at {id(self._model):#x} and "
+                    f"{type(other._model).__name__} at {id(other._model):#x}. Select both from one model."
+                )
+            return other
+        return self._with(_coerce(other, self))
+
+    def __and__(self, other) -> "Selection":
+        return self._with(N.and_(self._node, self._same_model(other, "&")._node))
+
+    def __or__(self, other) -> "Selection":
+        return self._with(N.or_(self._node, self._same_model(other, "|")._node))
+
+    def __sub__(self, other) -> "Selection":
+        return self._with(N.diff(self._node, self._same_model(other, "-")._node))
+
+    def __invert__(self) -> "Selection":
+        return self._with(N.not_(self._node))
+
+    __rand__ = __and__
+    __ror__ = __or__
+
+    def __rsub__(self, other) -> "Selection":
+        return self._same_model(other, "-") - self
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Selection) and other._model is self._model and other._node == self._node
+
+    def __hash__(self) -> int:
+        return hash((id(self._model), self._node))
+
+    # ------------------------------------------------------------------ terminals
+    def names(self) -> list[str]:
+        """Selected module names in model (`named_modules()`) order; `[]` when nothing is selected."""
+        index = self._index()
+        names = index.names
+        return [names[i] for i in self._mask().nonzero().flatten().tolist()]
+
+    def modules(self) -> dict[str, nn.Module]:
+        index = self._index()
+        return {index.names[i]: index.modules[i] for i in self._mask().nonzero().flatten().tolist()}
+
+    def __len__(self) -> int:
+        return int(self._mask().sum())
+
+    def count(self) -> int:
+        return len(self)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        index = self._index()
+        pos = index.position(name) if isinstance(name, str) else None
+        return bool(pos) and bool(self._mask()[pos])
+
+    def __bool__(self) -> bool:
+        return True  # a Selection is a value, not a container test: use .is_empty()
+
+    def is_empty(self) -> bool:
+        return not bool(self._mask().any())
+
+    def assert_count_is(self, n: int) -> "Selection":
+        """A guard for the middle of a chain: raise unless exactly `n` modules are selected."""
+        got = len(self)
+        if got != n:
+            raise SelectionError(
+                f"expected {n} selected module{'s' if n != 1 else ''} but there {'is' if got == 1 else 'are'} "
+                f"{got} for {self.query!r}. Refine the selection (e.g. .leaf(), .layers(...), .under(...))."
+            )
+        return self
+
+    def regex(self) -> str:
+        """An anchored `re` regex that fullmatches exactly the selected names among this model's modules."""
+        from .compile import exact_regex
+
+        return exact_regex(self)
+
+    def to_peft(self, form: str = "auto"):
+        """The `target_modules` value that makes PEFT target exactly this selection.
+
+        `form`: "list" (full names), "suffixes" (shortest exact suffix list), "regex" (compact
+        anchored regex) or "auto" (the shortest exact form).
+        """
+        from .compile import compile_targets
+
+        return compile_targets(self, form)
+
+    def __repr__(self) -> str:
+        from .display import render_text
+
+        return render_text(self)
+
+    def _repr_html_(self) -> str:
+        from .display import render_html
+
+        return render_html(self)
+
+
+def _type_name(t: TypeLike) -> str:
+    if isinstance(t, type):
+        return t.__name__
+    if isinstance(t, str) and t.strip():
+        return t.strip()
+    raise TargetselError(f"type() takes classes or class names, got {t!r}")
+
+
+def _coerce(value: Any, within: Selection):
+    """The one place that turns things that can act as a selector into a node."""
+    if isinstance(value, Selection):
+        return within._same_model(value, "where")._node
+    if isinstance(value, N.Selector):
+        return value.root
+    if isinstance(value, str):
+        from .query import parse
+
+        node = parse(value).root
+        check_against_model(node, within._index())
+        return node
+    if isinstance(value, type) and issubclass(value, nn.Module):
+        return N.TypeIs(name=value.__name__)
+    if isinstance(value, re.Pattern):
+        return N.NameRegex(pattern=value.pattern)
+    if callable(value):
+        return N.Where(fn=value)
+    raise TargetselError(
+        f"cannot use {type(value).__name__} {value!r} as a selector; pass a query string, a Selection, "
+        "a module class, a compiled regex or a callable (name, module) -> bool"
+    )
+
+
+def select(model: nn.Module, query: Union[str, N.Selector, None] = None) -> Selection:
+    """Every named submodule of `model` (the root excluded), optionally narrowed by a query.
+
+    >>> select(model).trainable().type(nn.Linear).names()
+    >>> select(model, "linear & trainable & !under:vision_tower")
+    """
+    sel = Selection(model)
+    if query is None:
+        return sel
+    if isinstance(query, N.Selector):
+        return Selection(model, query.root)
+    if isinstance(query, str):
+        from .query import parse
+
+        node = parse(query).root
+        try:
+            check_against_model(node, get_index(model))
+        except TargetselError as exc:
+            raise type(exc)(f"{exc}\n  in query: {query}") from None
+        return Selection(model, node, _checked=True)
+    raise TargetselError(f"select(model, query): query must be a string or a Selector, got {type(query).__name__}")
