@@ -78,6 +78,7 @@ class ModelIndex:
     reg_sign: list[int]
     generation: int
     _snapshot: list = field(default_factory=list, repr=False)
+    _containers: list = field(default_factory=list, repr=False)
     _cached: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ structure
@@ -249,7 +250,11 @@ class ModelIndex:
 
     # ------------------------------------------------------------------ freshness
     def is_current(self) -> bool:
-        global _current_generation
+        # Containers first, on every call: `del parent.child` and direct `_modules` writes fire no
+        # hook, but they always change a container's child dict. Leaves can only gain children
+        # through hooked paths, so only the (few) containers are compared — a few ms at 60k modules.
+        if not all(m._modules == kids for m, kids in self._containers):
+            return False
         if self.generation == _current_generation:
             return True
         if self._structure_unchanged():
@@ -258,7 +263,7 @@ class ModelIndex:
         return False
 
     def _structure_unchanged(self) -> bool:
-        for (module, children, params) in self._snapshot:
+        for module, children, params in self._snapshot:
             if module._modules != children:
                 return False
             current = module._parameters
@@ -396,6 +401,7 @@ def _build_index(model: nn.Module) -> ModelIndex:
         reg_sign=reg_sign,
         generation=generation,
         _snapshot=snapshot,
+        _containers=[(m, kids) for m, kids, _ in snapshot if kids],
     )
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from .errors import ConfigError, EmptySelectionError, NestedTargetsError, TargetselError
 
-# Config fields that can change which modules PEFT targets, besides target_modules itself.
-MATCH_CHANGING_FIELDS = ("exclude_modules", "modules_to_save", "layers_to_transform", "layers_pattern")
+# Config fields that can change which modules PEFT targets, besides target_modules itself. Fields
+# that only make sense together (layers_pattern needs layers_to_transform) are cleared together.
+MATCH_CHANGING_FIELDS = (("exclude_modules",), ("modules_to_save",), ("layers_to_transform", "layers_pattern"))
 
 
 def nested_pairs(selection) -> list[tuple[str, str]]:
@@ -79,21 +80,24 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str]) 
     lost = [n for n in names if n not in seen]
     extra = [n for n in got if n not in wanted]
     culprits = []
-    for field in MATCH_CHANGING_FIELDS:
-        if getattr(config, field, None) in (None, [], "", set()):
+    for group in MATCH_CHANGING_FIELDS:
+        present = [f for f in group if getattr(config, f, None) not in (None, [], "", set())]
+        if not present:
             continue
         try:
-            cleared = _new_config(config, target_modules=value, **{field: None})
+            cleared = _new_config(config, target_modules=value, **{f: None for f in present})
         except ConfigError:
             continue
         if verify(selection.model, cleared) != got:
-            culprits.append(field)
+            culprits.extend(present)
     fields = ", ".join(f"{f}={getattr(config, f)!r}" for f in culprits) or "a field of the config"
+    from .grouping import summarize_names
+
     detail = []
     if lost:
-        detail.append(f"{len(lost)} selected module(s) would not be targeted, e.g. {lost[:5]}")
+        detail.append(f"{len(lost)} selected module(s) would not be targeted: {summarize_names(lost, limit=4)}")
     if extra:
-        detail.append(f"{len(extra)} unselected module(s) would be targeted, e.g. {extra[:5]}")
+        detail.append(f"{len(extra)} unselected module(s) would be targeted: {summarize_names(extra, limit=4)}")
     raise ConfigError(
         f"{type(config).__name__} carries {fields}, which changes what PEFT targets: "
         + "; ".join(detail)

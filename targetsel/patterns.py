@@ -57,16 +57,19 @@ def search_names(pattern: str, names: list[str], indices: list[int]) -> list[int
 
 
 def _glob_braces(body: str, pattern: str) -> str:
-    """`{a,b}` → alternation, `{0..31}` → the integers 0 to 31 as an alternation."""
-    if ".." in body and "," not in body:
-        lo, _, hi = body.partition("..")
-        if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
-            raise PatternError(f"glob {pattern!r}: bad numeric range {{{body}}}; write {{A..B}} with A <= B")
-        from .regex_build import int_range_regex
+    """`{a,b}` → alternation; an alternative `A..B` is the integers A to B (`{0..3,7}`)."""
+    from .regex_build import int_range_regex
 
-        return int_range_regex(int(lo), int(hi))
-    parts = body.split(",")
-    return "(?:" + "|".join(_glob_segment_chars(p, pattern) for p in parts) + ")"
+    alts = []
+    for part in body.split(","):
+        lo, dots, hi = part.partition("..")
+        if dots:
+            if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
+                raise PatternError(f"glob {pattern!r}: bad numeric range {part!r} in {{{body}}}; write A..B with A <= B")
+            alts.append(int_range_regex(int(lo), int(hi)))
+        else:
+            alts.append(_glob_segment_chars(part, pattern))
+    return "(?:" + "|".join(alts) + ")"
 
 
 def _glob_segment_chars(text: str, pattern: str) -> str:

@@ -1,0 +1,147 @@
+"""Collapse module names into readable groups: `model.layers.{0..31}.self_attn.{q,k,v,o}_proj`.
+
+Numeric segments become integer sets (`{0..31}`, `{0..3,7}`); names that then differ in one
+literal segment merge into an alternation, with the common prefix and suffix of that segment
+pulled out (`q_proj`, `k_proj` → `{q,k}_proj`). Every group pattern is a valid `glob:` that
+matches exactly its names among those given, so a group can be pasted back into a query.
+Used by the display, by error messages and by preflight findings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .regex_build import _blocks, _split
+
+_SEGMENT_SAFE = re.compile(r"[A-Za-z0-9_]+")
+
+
+@dataclass(frozen=True)
+class NameGroup:
+    pattern: str
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def int_set_text(values: Iterable[int]) -> str:
+    """{0..31}, {0..3,7}, or a bare number for one value."""
+    vals = sorted(set(values))
+    if len(vals) == 1:
+        return str(vals[0])
+    runs: list[list[int]] = []
+    for v in vals:
+        if runs and runs[-1][1] == v - 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    parts = [str(a) if a == b else (f"{a},{b}" if b == a + 1 else f"{a}..{b}") for a, b in runs]
+    return "{" + ",".join(parts) + "}"
+
+
+def _alternation(words: list[str]) -> str:
+    """['q_proj','k_proj'] → '{q,k}_proj'; prefix and suffix shared by all words stay outside."""
+    if len(words) == 1:
+        return words[0]
+    prefix = os.path.commonprefix(words)
+    suffix = os.path.commonprefix([w[len(prefix) :][::-1] for w in words])[::-1]
+    cores = [w[len(prefix) : len(w) - len(suffix)] for w in words]
+    if any(not c for c in cores):  # one word is the bare prefix+suffix: no factoring possible
+        prefix, suffix, cores = "", "", words
+    return prefix + "{" + ",".join(cores) + "}" + suffix
+
+
+def _render(template: tuple, block: tuple) -> list[str]:
+    out, k = [], 0
+    for seg in template:
+        if seg is None:
+            out.append(int_set_text(block[k]))
+            k += 1
+        else:
+            out.append(seg)
+    return out
+
+
+def group_names(names: Sequence[str]) -> list[NameGroup]:
+    """Groups of `names`, ordered by their first member's position in `names`."""
+    order = {n: i for i, n in enumerate(names)}
+    by_template: dict[tuple, set] = defaultdict(set)
+    members: dict[tuple, list[str]] = defaultdict(list)
+    for name in names:
+        template, values = _split(name)
+        by_template[template].add(values)
+        members[template].append(name)
+
+    # rows: (segments with int sets rendered, literal-segment words per position, member names)
+    rows: list[tuple[list, list[str]]] = []
+    for template, tuples in by_template.items():
+        for block in _blocks(frozenset(tuples)):
+            inside = [
+                n
+                for n in members[template]
+                if all(v in s for v, s in zip(_split(n)[1], block))
+            ]
+            rows.append(([[p] if i_is_literal else p for p, i_is_literal in _tag(template, block)], inside))
+
+    # Merge rows that differ in exactly one literal position (same shape otherwise).
+    merged = True
+    while merged:
+        merged = False
+        for pos in range(max((len(r[0]) for r in rows), default=0)):
+            buckets: dict[tuple, list[int]] = defaultdict(list)
+            for idx, (segs, _) in enumerate(rows):
+                if pos < len(segs) and isinstance(segs[pos], list):
+                    key = (len(segs), pos) + tuple(
+                        "\0" if j == pos else (tuple(s) if isinstance(s, list) else s) for j, s in enumerate(segs)
+                    )
+                    buckets[key].append(idx)
+            groups = [idxs for idxs in buckets.values() if len(idxs) > 1]
+            if groups:
+                used = set()
+                new_rows = []
+                for idxs in groups:
+                    segs = list(rows[idxs[0]][0])
+                    words: list[str] = []
+                    names_in: list[str] = []
+                    for i in idxs:
+                        words += [w for w in rows[i][0][pos] if w not in words]
+                        names_in += rows[i][1]
+                    segs[pos] = words
+                    new_rows.append((segs, names_in))
+                    used.update(idxs)
+                rows = [r for i, r in enumerate(rows) if i not in used] + new_rows
+                merged = True
+                break
+
+    out = []
+    for segs, inside in rows:
+        inside.sort(key=order.__getitem__)
+        text = ".".join(
+            (_alternation(sorted(s, key=lambda w: min(order[n] for n in inside if w in n.split("."))))
+             if isinstance(s, list) else s)
+            for s in segs
+        )
+        out.append(NameGroup(pattern=text, names=tuple(inside)))
+    out.sort(key=lambda g: order[g.names[0]])
+    return out
+
+
+def _tag(template: tuple, block: tuple):
+    """Template segments paired with 'is a literal' (literals are mergeable, int sets are not)."""
+    rendered = _render(template, block)
+    return [(text, seg is not None) for text, seg in zip(rendered, template)]
+
+
+def summarize_names(names: Sequence[str], limit: int = 6) -> str:
+    """A short, grouped rendering of many names for messages: 'a.{0..23}.fc1 (24), b.out'."""
+    groups = group_names(list(names))
+    parts = [g.pattern + (f" ({len(g)})" if len(g) > 1 else "") for g in groups[:limit]]
+    if len(groups) > limit:
+        rest = sum(len(g) for g in groups[limit:])
+        parts.append(f"… and {rest} more in {len(groups) - limit} group(s)")
+    return ", ".join(parts)
