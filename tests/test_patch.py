@@ -145,7 +145,7 @@ def test_empty_selection_says_which_filter_emptied_it():
     with pytest.raises(
         ts.EmptySelectionError,
         match=r"^the selection 'linear & trainable' is empty: trainable\(\) kept 0 of 116 modules of DemoVLM: "
-        r"every parameter has requires_grad=False \(277 parameters\)\. If you froze the base model before selecting, select first\.",
+        r"every parameter has requires_grad=False \(189 parameters\)\. If you froze the base model before selecting, select first\.",
     ):
         patch(LoraConfig(), select(model).linear().trainable())
 
