@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
-from .errors import TargetselError
+from .errors import NotSerialisableError, TargetselError
 
 FLAG_KINDS = ("all", "trainable", "frozen", "mixed", "linear", "leaf", "outermost")
 COMPONENTS = ("vision", "audio", "language", "projector", "head")
@@ -221,9 +221,6 @@ class Selector(RootModel[Node]):
         return to_query(self.root)
 
 
-from .errors import NotSerialisableError  # noqa: E402  (kept beside its only user above)
-
-
 def check_type_name(name: str) -> str:
     from .errors import UnknownNameError
 
@@ -267,11 +264,8 @@ def and_(*items) -> Any:
             flat.append(item)
     if not flat:
         return ALL
-    if len(flat) == 1 and not (isinstance(flat[0], Flag) and flat[0].kind == "outermost"):
-        return flat[0]
-    if len(flat) == 1:
-        return flat[0]
-    return And(items=tuple(flat))
+    # A lone `outermost` is the outermost of everything: the bare flag means exactly that.
+    return flat[0] if len(flat) == 1 else And(items=tuple(flat))
 
 
 def or_(*items) -> Any:
