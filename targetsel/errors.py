@@ -49,16 +49,31 @@ class SelectionError(TargetselError, ValueError):
     """The selection cannot be turned into a PEFT config (empty, nested targets, ...)."""
 
 
-class EmptySelectionError(SelectionError):
+class PreflightError(SelectionError):
+    """`patch()`'s preflight `check()` found errors; `.findings` holds every finding (see `targetsel.check`)."""
+
+    def __init__(self, message: str, findings: Sequence = ()):
+        super().__init__(message)
+        self.findings = list(findings)
+
+    def __reduce__(self):  # keep pickling (multiprocessing, pytest-xdist) working
+        return (type(self), (str(self), self.findings))
+
+
+class EmptySelectionError(PreflightError):
     """The selection selects no module."""
 
 
-class NestedTargetsError(SelectionError):
+class NestedTargetsError(PreflightError):
     """A module and one of its descendants are both selected; PEFT crashes on that mid-injection."""
 
 
 class ConfigError(TargetselError, ValueError):
     """The PEFT config given to `patch()` / `verify()` cannot be honoured exactly."""
+
+
+class ModulesToSaveOverlapError(PreflightError, ConfigError):
+    """Selected modules are also named by the config's `modules_to_save`; PEFT would skip them silently."""
 
 
 class SpecError(TargetselError, ValueError):

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 from typing import Any
 
-from .errors import ConfigError, EmptySelectionError, NestedTargetsError, TargetselError
+from .errors import ConfigError, TargetselError
 
 # Config fields that can change which modules PEFT targets, besides target_modules itself. Fields
 # that only make sense together (layers_pattern needs layers_to_transform) are cleared together.
@@ -15,17 +15,10 @@ MATCH_CHANGING_FIELDS = (("exclude_modules",), ("modules_to_save",), ("layers_to
 
 def nested_pairs(selection) -> list[tuple[str, str]]:
     """(ancestor, descendant) pairs of selected modules, nearest selected ancestor for each descendant."""
+    from .checks import nested_pairs as position_pairs
+
     index = selection._index()
-    mask = selection._mask()
-    inner = (index.ancestors_mask(mask) & mask).nonzero().flatten().tolist()
-    selected = mask.tolist()
-    pairs = []
-    for i in inner:
-        p = index.parents[i]
-        while p > 0 and not selected[p]:
-            p = index.parents[p]
-        pairs.append((index.names[p], index.names[i]))
-    return pairs
+    return [(index.names[a], index.names[d]) for a, d in position_pairs(index, selection._mask())]
 
 
 def _new_config(config: Any, **changes):
@@ -35,12 +28,15 @@ def _new_config(config: Any, **changes):
         raise ConfigError(f"{type(config).__name__} rejected the compiled targets: {exc}") from None
 
 
-def patch(config: Any, selection, *, form: str = "auto"):
+def patch(config: Any, selection, *, form: str = "auto", strict: bool = True):
     """A new config of the same class whose `target_modules` make PEFT target exactly `selection`.
 
-    The input config is never changed. Raises `TargetselError` subclasses when the selection is
-    empty, holds nested targets, or when another field of the config (exclude_modules,
-    modules_to_save, layers_to_transform, …) would change the set PEFT targets.
+    The input config is never changed. Runs the preflight `targetsel.check()` first: errors
+    (empty selection, nested targets, types the method cannot wrap, `modules_to_save` overlap, …)
+    raise a `PreflightError` subclass listing the findings, and warnings are emitted once each as
+    `TargetselWarning`. `strict=False` turns the errors PEFT would survive (modules-to-save-overlap:
+    PEFT skips those modules) into warnings. Raises `ConfigError` when another field of the config
+    (exclude_modules, layers_to_transform, …) would change the set PEFT targets.
     """
     from .selection import Selection
     from .verify import require_peft_config, verify
@@ -51,24 +47,16 @@ def patch(config: Any, selection, *, form: str = "auto"):
             f"patch(config, selection) needs a targetsel Selection, got {type(selection).__name__}; "
             "build one with targetsel.select(model, ...)"
         )
-    names = selection.names()
-    if not names:
-        from .diagnose import explain_empty
+    from .checks import check, enforce
 
-        raise EmptySelectionError(explain_empty(selection))
-    pairs = nested_pairs(selection)
-    if pairs:
-        shown = "\n".join(f"  {a}  ⊃  {d}" for a, d in pairs[:8])
-        more = f"\n  … and {len(pairs) - 8} more" if len(pairs) > 8 else ""
-        raise NestedTargetsError(
-            f"{len(pairs)} selected module(s) sit inside another selected module; PEFT would wrap the outer "
-            f"one and then crash (AttributeError) reaching the inner one:\n{shown}{more}\n"
-            "Keep one level: add .leaf() (innermost) or .outermost() (outermost), or & leaf / & outermost in a query."
-        )
+    # Empty selections and nested targets are findings too: they raise EmptySelectionError / NestedTargetsError.
+    downgraded = enforce(check(selection.model, selection, config=config), strict=strict, stacklevel=3)
+    skipped = {n for f in downgraded if f.code == "modules-to-save-overlap" for n in f.modules}
+    names = selection.names()
     value = selection.to_peft(form)
     new = _new_config(config, target_modules=value)
     got = verify(selection.model, new)
-    if got != names:
+    if got != [n for n in names if n not in skipped]:
         _raise_mismatch(config, selection, value, names, got)
     return new
 
