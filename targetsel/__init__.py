@@ -14,6 +14,7 @@ from .errors import (  # the error base class comes first: everything else raise
     NotAModuleError,
     NotSerialisableError,
     PatternError,
+    PreflightError,
     QuerySyntaxError,
     RegexTimeoutError,
     SelectionError,
@@ -31,8 +32,16 @@ __version__ = "0.1.0"
 
 # Parts that live in their own modules and are imported on first use.
 _LAZY = {
-    "parse": ".query",
+    "Audit": ".audit",
+    "Drift": ".lock",
+    "Explanation": ".explain",
+    "Finding": ".checks",
+    "ParameterSelection": ".parameters",
+    "audit": ".audit",
+    "check": ".checks",
+    "check_lock": ".lock",
     "load_spec": ".query",
+    "parse": ".query",
 }
 
 
@@ -48,14 +57,20 @@ def __getattr__(name):
 
 
 __all__ = [
+    "Audit",
     "ConfigError",
+    "Drift",
     "EmptySelectionError",
+    "Explanation",
+    "Finding",
     "LayerSpecError",
     "ModelMismatchError",
     "NestedTargetsError",
     "NotAModuleError",
     "NotSerialisableError",
+    "ParameterSelection",
     "PatternError",
+    "PreflightError",
     "QuerySyntaxError",
     "RegexTimeoutError",
     "Selection",
@@ -65,6 +80,9 @@ __all__ = [
     "TargetselError",
     "TargetselWarning",
     "UnknownNameError",
+    "audit",
+    "check",
+    "check_lock",
     "load_spec",
     "parse",
     "patch",

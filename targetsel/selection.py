@@ -253,6 +253,30 @@ class Selection:
 
         return compile_targets(self, form)
 
+    def lora_params(self, r: int) -> int:
+        """The parameters LoRA at rank `r` adds to the selected modules (r × (in + out) per layer)."""
+        from .display import lora_params
+
+        return lora_params(self, r)
+
+    def explain(self, name: str):
+        """For one module: each clause of the selector, whether it kept or dropped the module, and why."""
+        from .explain import explain
+
+        return explain(self, name)
+
+    def parameters(self, pattern: Optional[str] = None):
+        """The `nn.Parameter`s (regex search over their full names) inside the selected modules."""
+        from .parameters import ParameterSelection
+
+        return ParameterSelection(self, pattern)
+
+    def lock(self) -> dict:
+        """The selector, the resolved names, a hash and the library versions: compare later with `check_lock`."""
+        from .lock import lock
+
+        return lock(self)
+
     def __repr__(self) -> str:
         from .display import render_text
 
