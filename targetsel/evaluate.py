@@ -106,6 +106,16 @@ def check_against_model(node, index: ModelIndex) -> None:
                     "(full name or dotted suffix)"
                     + (f"; did you mean {', '.join(repr(c) for c in near)}?" if near else "")
                 )
+        elif isinstance(n, N.Layers) and n.within is not None:
+            containers = sorted({index.names[c] for c in index.block_info()[0] if c >= 0})
+            if not any(c == n.within or c.endswith("." + n.within) for c in containers):
+                from .errors import closest
+
+                near = closest(n.within, containers, n=3) or containers[:5]
+                raise UnknownNameError(
+                    f"layers(within={n.within!r}): {_model_label(index)} has no block container named {n.within!r} "
+                    f"(full name or dotted suffix); its block containers: {', '.join(repr(c) for c in near) or 'none'}"
+                )
 
 
 def _model_label(index: ModelIndex) -> str:
