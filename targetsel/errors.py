@@ -76,6 +76,10 @@ class ModulesToSaveOverlapError(PreflightError, ConfigError):
     """Selected modules are also named by the config's `modules_to_save`; PEFT would skip them silently."""
 
 
+class ModelLoadError(TargetselError, ValueError):
+    """A command-line MODEL names nothing that can be built (bad path, factory, hub id or class)."""
+
+
 class SpecError(TargetselError, ValueError):
     """A selector spec file (`load_spec`) or a selector structure is invalid."""
 

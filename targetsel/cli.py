@@ -1,0 +1,346 @@
+"""The `targetsel` command line: show, check and patch, on any model without its weights.
+
+Exit codes are the contract scripts rely on: 0 ok, 1 the checks found errors, 2 usage or bad
+input (bad query, unknown model, unreadable config). Errors go to stderr, with the caret under
+the query column for syntax errors; `--format json` output is stable (sorted keys, fixed fields).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .errors import TargetselError, TargetselWarning
+
+DEMO_QUERY = "linear & trainable"
+
+EPILOG = """\
+examples:
+  targetsel show demo                                  the demo VLM, every module, grouped
+  targetsel show demo "linear & trainable"             what a LoRA should target on it
+  targetsel show ./llama-dir "linear & layers:-4.." --format regex
+  targetsel show Qwen/Qwen2-VL-2B-Instruct "linear & !component:vision" --rank 16
+  targetsel check demo "linear"                        findings: frozen tower, PLoRA subclasses
+  targetsel check demo adapter_config.json             what that PEFT config would do
+  targetsel patch adapter_config.json --model demo --query "linear & trainable" -o patched.json
+
+MODEL is `demo`, a local model directory or config.json (built on the meta device as the class
+its `architectures` names: no weights are loaded), a Hugging Face hub id (config only), or
+package.module:factory. Exit codes: 0 ok, 1 errors found by check/patch, 2 usage or bad input.
+"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:  # `python -m targetsel`: the demo, as the README's first command promises
+        args = ["show", "demo", DEMO_QUERY, "--hint"]
+    parser = _parser()
+    ns = parser.parse_args(args)
+    try:
+        return ns.run(ns)
+    except TargetselError as exc:
+        _error(exc)
+        return 2
+    except BrokenPipeError:  # `targetsel show … | head`
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="targetsel",
+        description="Choose which modules of a model get PEFT adapters — precisely, visibly and provably.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"targetsel {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{show,check,patch}")
+
+    show = sub.add_parser("show", help="show a selection, grouped", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    show.add_argument("model", metavar="MODEL")
+    show.add_argument("query", metavar="QUERY", nargs="?", default="all", help="a selector query (default: all)")
+    show.add_argument("--format", choices=("table", "list", "regex", "json", "yaml"), default="table")
+    show.add_argument("--rank", "-r", type=_positive_int, default=None, help="also count the LoRA parameters at this rank")
+    show.add_argument("--hint", action="store_true", help=argparse.SUPPRESS)
+    _model_options(show)
+    show.set_defaults(run=_show)
+
+    check = sub.add_parser("check", help="preflight findings for a query or a PEFT adapter config", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("model", metavar="MODEL")
+    check.add_argument("target", metavar="QUERY_OR_CONFIG", help="a query, or an adapter_config.json (file or directory)")
+    check.add_argument("--format", choices=("text", "json"), default="text")
+    _model_options(check)
+    check.set_defaults(run=_check)
+
+    patch = sub.add_parser("patch", help="write a PEFT adapter config that targets exactly a query", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    patch.add_argument("config", metavar="ADAPTER_CONFIG", help="adapter_config.json (file or directory)")
+    patch.add_argument("--model", "-m", required=True, metavar="MODEL")
+    patch.add_argument("--query", "-q", required=True, metavar="QUERY")
+    patch.add_argument("--output", "-o", metavar="OUT", help="where to write (a .json file or a directory); default stdout")
+    patch.add_argument("--form", choices=("auto", "list", "suffixes", "regex"), default="auto")
+    patch.add_argument("--no-strict", dest="strict", action="store_false",
+                       help="accept modules_to_save overlaps with a warning instead of failing")
+    _model_options(patch)
+    patch.set_defaults(run=_patch)
+    return parser
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-class", metavar="CLASS", default=None,
+                   help="the transformers class to build (default: the config's architectures, then AutoModelForCausalLM)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _show(ns) -> int:
+    from .selection import select
+
+    model = _load(ns.model, ns.model_class)
+    with _progress("selecting"):
+        sel = select(model, ns.query)
+        names = sel.names()
+    if ns.format == "list":
+        _out("\n".join(names))
+    elif ns.format == "regex":
+        if not names:
+            raise _empty(sel)
+        _out(sel.to_peft("regex"))
+    elif ns.format in ("json", "yaml"):
+        data = _show_data(ns.model, sel, names, ns.rank)
+        _out(_dump(data, ns.format))
+    else:
+        _out_table(sel, ns.rank)
+        if ns.hint:
+            _demo_findings(model, sel)
+    return 0
+
+
+def _demo_findings(model, sel) -> None:
+    """After the demo table: what `check` says about it, a line per finding — the point of the demo."""
+    from .checks import check
+
+    findings = check(model, sel)
+    _out(f"\n`targetsel check demo {sel.query!r}` finds, before get_peft_model:")
+    for f in findings:
+        first = f.message.splitlines()[0].split(": ")[0].split(". ")[0]
+        _out(f"  {f.severity:<7} [{f.code}] {first[:150]}")
+    _out(
+        "\nNext: `targetsel check demo 'linear & trainable'` for the full messages, "
+        "`targetsel show demo 'linear & trainable - type:PLoRA - under:(type:PLoRA)'`, `targetsel --help`."
+    )
+
+
+def _check(ns) -> int:
+    from .checks import check
+
+    model = _load(ns.model, ns.model_class)
+    target: Any = ns.target
+    path = Path(ns.target)
+    if ns.target.endswith(".json") or path.is_dir():
+        target = _read_peft_config(ns.target)
+    with _progress("checking"):
+        findings = check(model, target)
+    errors = sum(f.severity == "error" for f in findings)
+    if ns.format == "json":
+        _out(_dump({"findings": [f.to_dict() for f in findings], "errors": errors,
+                    "warnings": sum(f.severity == "warning" for f in findings)}, "json"))
+    else:
+        for f in findings:
+            _out(f"{f.severity} [{f.code}] {f.message}\n")
+        counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
+        _out(", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in counts.items()) if findings else "no findings")
+    return 1 if errors else 0
+
+
+def _patch(ns) -> int:
+    from .errors import PreflightError
+    from .patch import patch
+    from .selection import select
+
+    config = _read_peft_config(ns.config)
+    model = _load(ns.model, ns.model_class)
+    with _progress("patching"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TargetselWarning)
+        try:
+            new = patch(config, select(model, ns.query), form=ns.form, strict=ns.strict)
+        except PreflightError as exc:
+            for f in getattr(exc, "findings", []):
+                print(f"{f.severity} [{f.code}] {f.message}\n", file=sys.stderr)
+            print("targetsel: the config was not written: fix the errors above.", file=sys.stderr)
+            return 1
+    for w in caught:
+        print(f"warning {w.message}", file=sys.stderr)
+    text = config_json(new)
+    if ns.output:
+        out = Path(ns.output)
+        if out.is_dir() or not out.suffix:
+            out.mkdir(parents=True, exist_ok=True)
+            out = out / "adapter_config.json"
+        out.write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {out} (target_modules={new.target_modules!r:.120})", file=sys.stderr)
+    else:
+        _out(text)
+    return 0
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def config_json(config) -> str:
+    """The adapter_config.json text PEFT's `save_pretrained` writes for this config."""
+    data = config.to_dict()
+    for key, value in data.items():
+        if isinstance(value, set):
+            data[key] = sorted(value)
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+def _read_peft_config(spec: str):
+    from .errors import ConfigError
+
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "adapter_config.json"
+    if not path.is_file():
+        raise ConfigError(f"no adapter config at {str(path)!r}; pass an adapter_config.json file or its directory")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {str(path)!r} as JSON: {exc}") from None
+    if not isinstance(data, dict) or "peft_type" not in data:
+        raise ConfigError(f"{str(path)!r} is not a PEFT adapter config: it has no 'peft_type' (e.g. \"LORA\")")
+    from peft import PeftConfig
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    if data["peft_type"] not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise ConfigError(
+            f"{str(path)!r}: unknown peft_type {data['peft_type']!r}; the installed peft knows "
+            + ", ".join(sorted(str(k.value if hasattr(k, "value") else k) for k in PEFT_TYPE_TO_CONFIG_MAPPING))
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return PeftConfig.from_peft_type(**data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{str(path)!r}: peft rejects this config: {exc}") from None
+
+
+def _load(spec: str, model_class: Optional[str]):
+    from .index import get_index
+    from .loading import load_model
+
+    with _progress(f"building {spec}"):
+        model = load_model(spec, model_class)
+        get_index(model)
+    return model
+
+
+def _show_data(model_spec: str, sel, names: list[str], rank: Optional[int]) -> dict:
+    from .grouping import group_names
+
+    index = sel._index()
+    data = {
+        "model": model_spec,
+        "model_class": type(sel.model).__name__,
+        "modules_in_model": index.size - 1,
+        "query": sel.query,
+        "count": len(names),
+        "groups": [{"pattern": g.pattern, "count": len(g.names)} for g in group_names(names)],
+        "names": names,
+        "target_modules": sel.to_peft("auto") if names else None,
+    }
+    if rank is not None:
+        data["rank"] = rank
+        data["lora_params"] = sel.lora_params(rank)
+    return data
+
+
+def _dump(data: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(data, indent=2, sort_keys=True)
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=True, allow_unicode=True).rstrip("\n")
+
+
+def _out_table(sel, rank: Optional[int]) -> None:
+    from . import display
+
+    use_rich = sys.stdout.isatty() and not os.environ.get("NO_COLOR") and hasattr(display, "render_rich")
+    if use_rich:
+        from rich.console import Console
+
+        Console().print(display.render_rich(sel))
+    else:
+        _out(display.render_text(sel))
+    if rank is not None:
+        _out(f"LoRA r={rank} adds {sel.lora_params(rank):,} parameters")
+
+
+def _empty(sel) -> TargetselError:
+    from .diagnose import explain_empty
+    from .errors import EmptySelectionError
+
+    return EmptySelectionError(explain_empty(sel))
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _error(exc: BaseException) -> None:
+    print(f"targetsel: error: {exc}", file=sys.stderr)
+
+
+@contextmanager
+def _progress(what: str):
+    """A spinner on stderr when the work takes more than a second and stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    done = threading.Event()
+
+    def spin():
+        if done.wait(1.0):
+            return
+        frames = "|/-\\"
+        i = 0
+        while not done.wait(0.1):
+            sys.stderr.write(f"\r{frames[i % 4]} {what}…")
+            sys.stderr.flush()
+            i += 1
+        sys.stderr.write("\r" + " " * (len(what) + 4) + "\r")
+        sys.stderr.flush()
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
