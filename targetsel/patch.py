@@ -28,7 +28,7 @@ def _new_config(config: Any, **changes):
         raise ConfigError(f"{type(config).__name__} rejected the compiled targets: {exc}") from None
 
 
-def patch(config: Any, selection, *, form: str = "auto", strict: bool = True):
+def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ranks=None, alphas=None):
     """A new config of the same class whose `target_modules` make PEFT target exactly `selection`.
 
     The input config is never changed. Runs the preflight `targetsel.check()` first: errors
@@ -37,11 +37,24 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True):
     `TargetselWarning`. `strict=False` turns the errors PEFT would survive (modules-to-save-overlap:
     PEFT skips those modules) into warnings. Raises `ConfigError` when another field of the config
     (exclude_modules, layers_to_transform, …) would change the set PEFT targets.
+
+    `selection` may also be a `ParameterSelection` (`sel.parameters("gate_up_proj")`): then
+    `target_parameters` is filled instead, and `target_modules` kept (or set to `[]`, so PEFT's
+    per-architecture default targets do not sneak in).
+
+    `ranks` / `alphas` map sub-selections (a `Selection` of the same model, or a query string) to a
+    rank / alpha; they compile to `rank_pattern` / `alpha_pattern` keys that PEFT's own lookup
+    (`peft.utils.other.get_pattern_key`) resolves to exactly the intended value for every module.
     """
+    from .parameters import ParameterSelection
     from .selection import Selection
     from .verify import require_peft_config, verify
 
     require_peft_config(config)
+    if isinstance(selection, ParameterSelection):
+        if ranks or alphas:
+            raise ConfigError("ranks= and alphas= apply to module selections; patch the modules first, then the parameters")
+        return _patch_parameters(config, selection)
     if not isinstance(selection, Selection):
         raise TargetselError(
             f"patch(config, selection) needs a targetsel Selection, got {type(selection).__name__}; "
@@ -49,16 +62,105 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True):
         )
     from .checks import check, enforce
 
+    # Validate everything that can fail on bad input before emitting warnings or building anything.
+    patterns = {}
+    names = selection.names()
+    for field, base_field, mapping in (("rank_pattern", "r", ranks), ("alpha_pattern", "lora_alpha", alphas)):
+        if mapping:
+            patterns[field] = _value_patterns(config, selection, names, field, base_field, mapping)
     # Empty selections and nested targets are findings too: they raise EmptySelectionError / NestedTargetsError.
     downgraded = enforce(check(selection.model, selection, config=config), strict=strict, stacklevel=3)
     skipped = {n for f in downgraded if f.code == "modules-to-save-overlap" for n in f.modules}
-    names = selection.names()
     value = selection.to_peft(form)
-    new = _new_config(config, target_modules=value)
+    new = _new_config(config, target_modules=value, **{f: p for f, p in patterns.items()})
     got = verify(selection.model, new)
     if got != [n for n in names if n not in skipped]:
         _raise_mismatch(config, selection, value, names, got)
+    from .audit import remember
+
+    remember(selection, names)  # so audit() can compare after get_peft_model has rewritten the tree
     return new
+
+
+def _patch_parameters(config: Any, psel):
+    from .parameters import verify_parameters
+
+    names = psel.names()
+    value = psel.to_peft()
+    if not hasattr(config, "target_parameters"):
+        raise ConfigError(f"{type(config).__name__} has no target_parameters field; the installed peft's LoraConfig has")
+    changes = {"target_parameters": value}
+    if getattr(config, "target_modules", None) is None:
+        changes["target_modules"] = []  # None would let PEFT fill in its per-architecture defaults
+    new = _new_config(config, **changes)
+    got = verify_parameters(psel.model, new)
+    if got != names:  # pragma: no cover - to_peft() is checked against the same rule
+        raise TargetselError("internal error: target_parameters is not exact; please report it")
+    return new
+
+
+def _value_patterns(config, selection, names: list[str], field: str, base_field: str, mapping) -> dict:
+    """`rank_pattern`/`alpha_pattern` keys giving each selected module exactly its intended value."""
+    from peft.utils.other import get_pattern_key
+
+    from .grouping import summarize_names
+    from .regex_build import names_regex
+    from .selection import Selection
+
+    what = "ranks" if field == "rank_pattern" else "alphas"
+    if not hasattr(config, field):
+        raise ConfigError(f"{type(config).__name__} has no {field}: {what}= works with LoRA-family configs")
+    if getattr(config, field, None):
+        raise ConfigError(
+            f"{type(config).__name__} already carries {field}={getattr(config, field)!r}; pass {what}= on a config "
+            f"without {field} so targetsel can make every key exact"
+        )
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{what}= maps sub-selections (Selection or query string) to values, got {type(mapping).__name__}")
+    default = getattr(config, base_field, None)
+    intended: dict[str, object] = {}
+    chosen = set(names)
+    for key, val in mapping.items():
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or val <= 0 or (what == "ranks" and not isinstance(val, int)):
+            raise ConfigError(f"{what}[{_label(key)}] = {val!r}: expected a positive {'integer' if what == 'ranks' else 'number'}")
+        sub = selection.where(key) if isinstance(key, (str, Selection)) else None
+        if sub is None:
+            raise ConfigError(f"{what}= keys are Selections or query strings, got {type(key).__name__} {key!r}")
+        hit = [n for n in sub.names() if n in chosen]
+        if not hit:
+            raise ConfigError(f"{what}[{_label(key)}] selects none of the {len(names)} selected modules; it would have no effect")
+        for n in hit:
+            if n in intended and intended[n] != val:
+                raise ConfigError(
+                    f"{what}: {n!r} is in two sub-selections with different values ({intended[n]!r} and {val!r}); "
+                    "make the sub-selections disjoint"
+                )
+            intended[n] = val
+    groups: dict[object, list[str]] = {}
+    for n in names:  # model order, so the keys read in order
+        if n in intended and intended[n] != default:
+            groups.setdefault(intended[n], []).append(n)
+    pattern = {}
+    for val, group in groups.items():
+        key = names_regex(group)
+        others = [n for n in names if n not in set(group)]
+        # PEFT looks keys up with re.match(rf"(.*\.)?({key})$", name): a suffix of another name can
+        # match too; anchoring with ^ inside the group makes the key a full-name match.
+        if any(get_pattern_key([key], n) == key for n in others):
+            key = "^" + key
+        pattern[key] = val
+    keys = list(pattern)
+    wrong = [
+        n for n in names
+        if pattern.get(get_pattern_key(keys, n), default) != intended.get(n, default)
+    ]
+    if wrong:  # pragma: no cover - the anchored keys are exact by construction
+        raise TargetselError(f"internal error: {field} is not exact for {summarize_names(wrong)}; please report it")
+    return pattern
+
+
+def _label(key) -> str:
+    return repr(key) if isinstance(key, str) else repr(getattr(key, "query", key))
 
 
 def _raise_mismatch(config, selection, value, names: list[str], got: list[str]) -> None:

@@ -1,0 +1,141 @@
+"""Selecting `nn.Parameter`s, for what no module-level target can reach.
+
+transformers 5 fuses the experts of a mixture-of-experts block into 3-D parameters
+(`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`): there is no `nn.Linear` per expert to put
+in `target_modules`. PEFT reaches them with `target_parameters`, a *list* matched against
+`f"{module_name}.{param_name}"` — for every module and each parameter registered directly on it —
+by exact name or dotted suffix (`peft.tuners.tuners_utils.BaseTuner._inject_parameters`).
+`ParameterSelection` picks such names and compiles them to a list that rule resolves exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+from .errors import PatternError, SelectionError, TargetselError
+
+
+def parameter_keys(index) -> list[tuple[int, str, str]]:
+    """(module position, parameter name, PEFT key) for every parameter registered on every module.
+
+    The key is what PEFT compares: `module_name + "." + param_name` — for the root module too,
+    whose key therefore starts with a dot, exactly as PEFT builds it.
+    """
+    cached = index._cached.get("parameter_keys")
+    if cached is None:
+        cached = []
+        for pos, (name, module) in enumerate(zip(index.names, index.modules)):
+            for pname, param in module._parameters.items():
+                if param is not None:
+                    cached.append((pos, pname, f"{name}.{pname}"))
+        index._cached["parameter_keys"] = cached
+    return cached
+
+
+class ParameterSelection:
+    """The parameters, by name, inside the modules of a `Selection`; immutable like it.
+
+    >>> select(model).glob("**.mlp.experts").parameters("gate_up_proj$").names()
+    ['model.layers.0.mlp.experts.gate_up_proj', ...]
+    """
+
+    __slots__ = ("_selection", "_pattern")
+
+    def __init__(self, selection, pattern: Optional[str] = None):
+        from .selection import Selection
+
+        if not isinstance(selection, Selection):
+            raise TargetselError(f"ParameterSelection needs a Selection, got {type(selection).__name__}")
+        if pattern is not None:
+            from .patterns import compile_regex
+
+            if not isinstance(pattern, str) or not pattern:
+                raise PatternError(f"parameters(pattern): a non-empty regex string, got {pattern!r}")
+            compile_regex(pattern)
+        self._selection = selection
+        self._pattern = pattern
+
+    @property
+    def model(self):
+        return self._selection.model
+
+    @property
+    def selection(self):
+        return self._selection
+
+    @property
+    def pattern(self) -> Optional[str]:
+        return self._pattern
+
+    def _selected(self) -> tuple[list[str], list[str]]:
+        """(selected keys, every key) in model order."""
+        index = self._selection._index()
+        mask = self._selection._mask()
+        inside = (mask | index.ancestors_mask(mask)).tolist()
+        keys = parameter_keys(index)
+        candidates = [key for pos, _, key in keys if inside[pos] and pos > 0]
+        if self._pattern is not None:
+            from .patterns import search_names
+
+            candidates = [candidates[i] for i in search_names(self._pattern, candidates, range(len(candidates)))]
+        return candidates, [key for _, _, key in keys]
+
+    def names(self) -> list[str]:
+        """Full parameter names (`module.param`), model order; `[]` when none."""
+        return self._selected()[0]
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def is_empty(self) -> bool:
+        return not self.names()
+
+    def __repr__(self) -> str:
+        names = self.names()
+        pattern = "" if self._pattern is None else f", {self._pattern!r}"
+        shown = ", ".join(names[:4]) + (f", … {len(names) - 4} more" if len(names) > 4 else "")
+        return f"ParameterSelection({self._selection.query!r}{pattern}) — {len(names)} parameter(s): [{shown}]"
+
+    def to_peft(self) -> list[str]:
+        """The `target_parameters` list PEFT resolves to exactly these parameters (shortest exact suffixes)."""
+        from .compile import list_matches, minimal_suffixes
+
+        selected, keys = self._selected()
+        if not selected:
+            raise SelectionError(
+                f"no parameter of the {len(self._selection)} selected module(s) matches "
+                f"{self._pattern!r}" if self._pattern else "the selected modules hold no parameters"
+            )
+        chosen = set(selected)
+        mask = [k in chosen for k in keys]
+        suffixes = minimal_suffixes(selected, ["", *keys], [False, *mask])
+        if suffixes is None:
+            over = [k for k, m in zip(keys, list_matches(selected, keys)) if m and k not in chosen]
+            raise SelectionError(
+                f"target_parameters is matched by exact name or dotted suffix only, and {len(over)} unselected "
+                f"parameter name(s) end with a selected one (e.g. {over[:3]}): no list targets exactly this "
+                "selection. Select those parameters too, or rename the modules."
+            )
+        matched = list_matches(suffixes, keys)
+        if matched != mask:  # pragma: no cover - minimal_suffixes is exact by construction
+            raise TargetselError("internal error: the target_parameters list is not exact; please report it")
+        return suffixes
+
+
+def verify_parameters(model, config) -> list[str]:
+    """The parameter keys the installed PEFT will target with `config.target_parameters`, model order.
+
+    PEFT matches them inline in `_inject_parameters` (no function to call), so this is that rule:
+    each module's own parameters, key `module_name.param_name`, exact or dotted-suffix match.
+    """
+    from .compile import list_matches
+    from .index import get_index
+
+    targets = list(getattr(config, "target_parameters", None) or [])
+    if not targets:
+        return []
+    keys = [key for _, _, key in parameter_keys(get_index(model))]
+    return [k for k, m in zip(keys, list_matches(targets, keys)) if m]
