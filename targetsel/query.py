@@ -355,8 +355,12 @@ class _Parser:
         column = self.pos
         i = column
         while i < len(self.q) and self.q[i] in _LAYER_CHARS:
-            # A '-' is a minus sign only at the start of a range; elsewhere it is the difference operator.
-            if self.q[i] == "-" and i > column and self.q[i - 1] not in ",.":
+            # A '-' is a minus sign only where a number starts (the start of the spec, after ',' or
+            # '..') and a digit follows; anywhere else it is the difference operator: layers:-4..-2
+            # is one spec, layers:-4..-trainable a difference.
+            if self.q[i] == "-" and (
+                (i > column and self.q[i - 1] not in ",.") or not (i + 1 < len(self.q) and self.q[i + 1].isdigit())
+            ):
                 break
             i += 1
         text = self.q[column:i]

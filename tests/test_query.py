@@ -295,6 +295,13 @@ def test_parse_caches_and_passes_selectors_through():
     assert parse(s) is s
 
 
+def test_regression_layers_spec_followed_by_difference():
+    """Found by fuzzing: `layers:-4..-trainable` read the '-' as the minus of a range end."""
+    assert parse("layers:-4..-trainable") == parse("layers:-4.. - trainable")
+    assert parse("layers:-4..-2").root.ranges == ((-4, -2),)
+    assert parse("layers:1,-2").root.ranges == ((1, 1), (-2, -2))
+
+
 def test_class_names_and_regexes_are_case_sensitive(demo):
     with pytest.raises(ts.UnknownNameError, match=r"did you mean `Linear`.*\n  in query: type:linear"):
         select(demo, "type:linear")

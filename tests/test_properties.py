@@ -1,0 +1,170 @@
+"""Property tests against PEFT (issue 8.1): random module trees × random selectors.
+
+Trees mix numbered blocks, the same leaf name at several depths, names that are dotted suffixes of
+other names, tied parameters, frozen and partly frozen subtrees and Linear subclasses. Selectors
+are built with the fluent chain and, when serialisable, re-built from their query string. For every
+pair: each compiled form of `to_peft()` makes PEFT's own `check_target_module_exists` select
+exactly `names()`; and for the wrappable part (`& linear & leaf`), `patch()` + a real
+`get_peft_model` wraps exactly those modules.
+
+Profiles (tests/conftest.py): "ci" runs 40 examples per property; TARGETSEL_PROFILE=slow runs
+10,000 (the README reports that run).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from hypothesis import given, note
+from hypothesis import strategies as st
+from peft import LoraConfig, get_peft_model
+from peft.tuners.tuners_utils import check_target_module_exists
+from torch import nn
+
+import models
+import targetsel as ts
+from targetsel import parse, patch, select, verify
+
+
+class SubLinear(nn.Linear):
+    """A Linear subclass that adds nothing: PEFT wraps it like a Linear."""
+
+
+WORDS = ["q_proj", "k_proj", "attn", "mlp", "block", "fc", "a", "layers", "proj", "out"]
+LEAF_KINDS = ["linear", "linear", "linear", "sub", "norm", "emb"]
+
+
+def _leaf(kind: str) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(4, 4)
+    if kind == "sub":
+        return SubLinear(4, 4)
+    if kind == "norm":
+        return nn.LayerNorm(4)
+    return nn.Embedding(5, 4)
+
+
+leaves = st.sampled_from(LEAF_KINDS).map(lambda k: ("leaf", k))
+trees = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.dictionaries(st.sampled_from(WORDS), inner, min_size=1, max_size=4).map(lambda d: ("module", d)),
+        st.lists(inner, min_size=1, max_size=4).map(lambda xs: ("list", xs)),
+    ),
+    max_leaves=14,
+)
+
+
+def build(spec) -> nn.Module:
+    kind, body = spec
+    if kind == "leaf":
+        return _leaf(body)
+    if kind == "list":
+        return nn.ModuleList(build(s) for s in body)
+    m = nn.Module()
+    for name, child in body.items():
+        m.add_module(name, build(child))
+    return m
+
+
+@st.composite
+def models_(draw):
+    spec = draw(st.dictionaries(st.sampled_from(WORDS), trees, min_size=1, max_size=4))
+    with torch.device("meta"):
+        model = build(("module", spec))
+    named = [(n, m) for n, m in model.named_modules() if n]
+    # frozen and partly frozen subtrees
+    for i in draw(st.lists(st.integers(0, len(named) - 1), max_size=3)):
+        named[i][1].requires_grad_(False)
+    # a tied parameter: one Linear's weight is another's
+    linears = [m for _, m in named if type(m) in (nn.Linear, SubLinear)]
+    if len(linears) >= 2 and draw(st.booleans()):
+        a, b = draw(st.permutations(linears))[:2]
+        b.weight = a.weight
+    return model
+
+
+def selectors(model):
+    names = [n for n, _ in model.named_modules() if n]
+    atoms = st.sampled_from([
+        lambda s: s.trainable(), lambda s: s.frozen(), lambda s: s.mixed(), lambda s: s.linear(),
+        lambda s: s.leaf(), lambda s: s.outermost(), lambda s: s.type(nn.Linear),
+        lambda s: s.type("SubLinear"), lambda s: s.type(nn.Linear, exact=True),
+    ]) | st.sampled_from(WORDS).map(lambda w: (lambda s: s.name(w))) \
+       | st.sampled_from(WORDS).map(lambda w: (lambda s: s.glob(f"**.{w}"))) \
+       | st.sampled_from(names).map(lambda n: (lambda s: s.under(n) if s.model.get_submodule(n)._modules else s.glob(n))) \
+       | st.integers(-3, 3).map(lambda i: (lambda s: s.layers(i)))
+    return st.recursive(
+        atoms,
+        lambda inner: st.one_of(
+            st.tuples(inner, inner).map(lambda p: (lambda s: p[0](s) & p[1](s))),
+            st.tuples(inner, inner).map(lambda p: (lambda s: p[0](s) | p[1](s))),
+            st.tuples(inner, inner).map(lambda p: (lambda s: p[0](s) - p[1](s))),
+            inner.map(lambda f: (lambda s: ~f(s))),
+        ),
+        max_leaves=5,
+    )
+
+
+def _safe_build(model, build_sel):
+    try:
+        return build_sel(select(model))
+    except ts.UnknownNameError:  # e.g. type:SubLinear on a tree without one: a correct refusal
+        return None
+
+
+def _peft_selects(model, target_modules) -> list[str]:
+    config = LoraConfig(target_modules=target_modules)
+    return [n for n, _ in model.named_modules() if n and check_target_module_exists(config, n)]
+
+
+@given(st.data())
+def test_every_compiled_form_selects_exactly_under_peft(data):
+    model = data.draw(models_())
+    sel = _safe_build(model, data.draw(selectors(model)))
+    if sel is None:
+        return
+    names = sel.names()
+    note(f"query={sel.query!r} names={names}")
+    # the query string builds the same selection
+    assert select(model, str(sel.selector)).names() == names
+    assert parse(str(sel.selector)) == sel.selector
+    if not names:
+        return
+    for form in ("suffixes", "regex", "auto"):
+        try:
+            value = sel.to_peft(form)
+        except ts.SelectionError:  # 'suffixes' legitimately has no exact answer on suffix traps
+            assert form == "suffixes"
+            continue
+        assert _peft_selects(model, value) == names, form
+    try:
+        value = sel.to_peft("list")
+    except ts.SelectionError:
+        assert _peft_selects(model, names) != names  # refused only when a full-name list over-matches
+    else:
+        assert _peft_selects(model, value) == names
+
+
+@given(st.data())
+def test_patch_then_get_peft_model_wraps_exactly_the_selection(data):
+    model = data.draw(models_())
+    sel = _safe_build(model, data.draw(selectors(model)))
+    if sel is None:
+        return
+    wrappable = sel.linear().leaf()
+    names = wrappable.names()
+    note(f"query={wrappable.query!r} names={names}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not names:
+            try:
+                patch(LoraConfig(r=2), wrappable)
+            except ts.EmptySelectionError:
+                return
+            raise AssertionError("an empty selection was patched")
+        config = patch(LoraConfig(r=2), wrappable)
+        assert verify(model, config) == names
+        peft_model = get_peft_model(model, config)
+    assert models.wrapped_names(peft_model) == names
