@@ -55,6 +55,19 @@ def _why(node, ctx: EvalContext, before: torch.Tensor) -> str:
         if not lengths:
             return "none of the candidates sits inside a numbered block (a ModuleList-like container)"
         return f"no candidate's block index is in that range (block containers here have {lengths} blocks)"
+    if isinstance(node, N.Component):
+        from .components import component_roots
+
+        roots = component_roots(index)
+        if not roots[node.name]:
+            present = ", ".join(f"{c} ({', '.join(r)})" for c, r in roots.items() if r) or "none"
+            return (
+                f"this model has no {node.name} component (looked for a {node.name}_config sub-model, the "
+                f"embeddings and common module names); its components: {present}"
+            )
+        return f"none of the candidates is inside the {node.name} component ({', '.join(roots[node.name])})"
+    if isinstance(node, N.Under):
+        return "none of the candidates lies inside " + (repr(node.prefix) if node.prefix else f"({N.to_query(node.of)})")
     return "no candidate satisfies it"
 
 
