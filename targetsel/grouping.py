@@ -48,12 +48,34 @@ def _alternation(words: list[str]) -> str:
     """['q_proj','k_proj'] → '{q,k}_proj'; prefix and suffix shared by all words stay outside."""
     if len(words) == 1:
         return words[0]
-    prefix = os.path.commonprefix(words)
-    suffix = os.path.commonprefix([w[len(prefix) :][::-1] for w in words])[::-1]
+    prefix = _word_prefix(os.path.commonprefix(words), words)
+    rests = [w[len(prefix) :] for w in words]
+    suffix = _word_suffix(os.path.commonprefix([r[::-1] for r in rests])[::-1], rests)
     cores = [w[len(prefix) : len(w) - len(suffix)] for w in words]
     if any(not c for c in cores):  # one word is the bare prefix+suffix: no factoring possible
         prefix, suffix, cores = "", "", words
     return prefix + "{" + ",".join(cores) + "}" + suffix
+
+
+def _word_prefix(prefix: str, words: list[str]) -> str:
+    """Factor a shared prefix only at a word boundary: `linear_{1,2}`, `fc{1,2}`, never `p{re_lay,ost_laye}rnorm`."""
+    if not prefix:
+        return ""
+    rests = [w[len(prefix) :] for w in words]
+    if prefix.endswith("_") or (not prefix[-1].isdigit() and all(r[:1].isdigit() for r in rests)):
+        return prefix
+    cut = prefix.rfind("_")
+    return prefix[: cut + 1] if cut >= 0 else ""
+
+
+def _word_suffix(suffix: str, words: list[str]) -> str:
+    if not suffix:
+        return ""
+    rests = [w[: len(w) - len(suffix)] for w in words]
+    if suffix.startswith("_") or (not suffix[0].isdigit() and all(r[-1:].isdigit() for r in rests)):
+        return suffix
+    cut = suffix.find("_")
+    return suffix[cut:] if cut >= 0 else ""
 
 
 def _render(template: tuple, block: tuple) -> list[str]:

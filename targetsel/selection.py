@@ -287,6 +287,11 @@ class Selection:
 
         return render_html(self)
 
+    def __rich__(self):
+        from .display import render_rich
+
+        return render_rich(self)
+
 
 def _type_name(t: TypeLike) -> str:
     if isinstance(t, type):
