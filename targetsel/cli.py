@@ -287,15 +287,13 @@ def _dump(data: Any, fmt: str) -> str:
 def _out_table(sel, rank: Optional[int]) -> None:
     from . import display
 
-    use_rich = sys.stdout.isatty() and not os.environ.get("NO_COLOR") and hasattr(display, "render_rich")
-    if use_rich:
+    r = rank or 16  # the table always shows what LoRA would add; --rank picks the rank
+    if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
         from rich.console import Console
 
-        Console().print(display.render_rich(sel))
+        Console().print(display.render_rich(sel, r=r))
     else:
-        _out(display.render_text(sel))
-    if rank is not None:
-        _out(f"LoRA r={rank} adds {sel.lora_params(rank):,} parameters")
+        _out(display.render_text(sel, r=r))
 
 
 def _empty(sel) -> TargetselError:
