@@ -191,29 +191,25 @@ def _under(node: N.Under, ctx, domain):
 
 
 def _layers(node: N.Layers, ctx, domain):
-    from .layerspec import index_in
-
     index = ctx.index
-    container, block, length = index.block_info()
-    allowed_containers = None
+    container, block, length = _block_tensors(index)
+    inside = container >= 0
     if node.within is not None:
         dotted = "." + node.within
-        allowed_containers = {
-            i for i, name in enumerate(index.names) if name == node.within or name.endswith(dotted)
-        }
-    memo: dict[tuple[int, int], bool] = {}
-    kept = []
-    for i in _indices(domain):
-        c = container[i]
-        if c < 0 or (allowed_containers is not None and c not in allowed_containers):
-            continue
-        key = (block[i], length[i])
-        ok = memo.get(key)
-        if ok is None:
-            ok = memo[key] = index_in(node.ranges, block[i], length[i])
-        if ok:
-            kept.append(i)
-    return _from_indices(index, kept)
+        allowed = [i for i, name in enumerate(index.names) if name == node.within or name.endswith(dotted)]
+        inside &= torch.isin(container, torch.tensor(allowed, dtype=torch.long))
+    # Each range's ends resolved per module against its own container's length (negative = from the end).
+    hit = torch.zeros(index.size, dtype=torch.bool)
+    for start, stop in node.ranges:
+        lo = torch.zeros_like(block) if start is None else (length + start if start < 0 else torch.full_like(block, start))
+        hi = length - 1 if stop is None else (length + stop if stop < 0 else torch.full_like(block, stop))
+        hit |= (block >= lo) & (block <= hi)
+    return domain & inside & hit
+
+
+def _block_tensors(index: ModelIndex):
+    index.block_info()  # computes and caches the tensors too
+    return index._cached["block_tensors"]
 
 
 def _component(node: N.Component, ctx, domain):

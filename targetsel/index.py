@@ -78,7 +78,9 @@ class ModelIndex:
     reg_sign: list[int]
     generation: int
     _snapshot: list = field(default_factory=list, repr=False)
-    _containers: list = field(default_factory=list, repr=False)
+    _position_of: dict = field(default_factory=dict, repr=False)  # id(module) → position
+    _container_dicts: list = field(default_factory=list, repr=False)  # the live `_modules` dicts …
+    _container_copies: list = field(default_factory=list, repr=False)  # … and their contents at build time
     _cached: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ structure
@@ -210,10 +212,7 @@ class ModelIndex:
                 except Exception:  # some models raise NotImplementedError or AttributeError here
                     head = None
                 if isinstance(head, nn.Module):
-                    for i, m in enumerate(self.modules):
-                        if m is head and i > 0:
-                            self._cached["head"] = i
-                            break
+                    self._cached["head"] = self._position_of.get(id(head)) or None
         return self._cached["head"]
 
     def block_info(self) -> tuple[list[int], list[int], list[int]]:
@@ -227,24 +226,44 @@ class ModelIndex:
         if info is not None:
             return info
         n = self.size
-        container, index, length = [-1] * n, [-1] * n, [-1] * n
-        is_list = [False] * n
-        lengths = [0] * n
-        for i, m in enumerate(self.modules):
-            keys = [k for k, v in m._modules.items() if v is not None]
-            if keys and (
-                isinstance(m, (nn.ModuleList, nn.Sequential, nn.ModuleDict)) or all(k.isdigit() for k in keys)
-            ):
-                is_list[i] = True
-                lengths[i] = sum(1 for k in keys if k.isdigit())
-        for i in range(1, n):
-            p = self.parents[i]
-            if container[p] >= 0:
-                container[i], index[i], length[i] = container[p], index[p], length[p]
-            elif is_list[p]:
-                seg = self.names[i].rsplit(".", 1)[-1]
-                if seg.isdigit():
-                    container[i], index[i], length[i] = p, int(seg), lengths[p]
+        lengths: dict[int, int] = {}  # block container position → its number of numbered children
+        list_types = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+        modules, n_children, names, parents, ends = self.modules, self.n_children, self.names, self.parents, self.ends
+        for i in range(n):
+            if not n_children[i]:
+                continue
+            m = modules[i]
+            if isinstance(m, list_types):
+                digits = sum(1 for k, v in m._modules.items() if v is not None and k.isdigit())
+            elif next(iter(m._modules)).isdigit():  # other modules count only when every child is numbered
+                keys = [k for k, v in m._modules.items() if v is not None]
+                digits = len(keys) if all(k.isdigit() for k in keys) else 0
+            else:
+                continue
+            if digits:
+                lengths[i] = digits
+        container_t = torch.full((n,), -1, dtype=torch.long)
+        index_t = torch.full((n,), -1, dtype=torch.long)
+        length_t = torch.full((n,), -1, dtype=torch.long)
+        if lengths:
+            parents_t = torch.tensor(parents[1:], dtype=torch.long)
+            candidates = (torch.isin(parents_t, torch.tensor(list(lengths), dtype=torch.long)).nonzero().flatten() + 1).tolist()
+            # The outermost numbered block wins (layers.3.mlp.experts.7 is in block 3): in preorder, a
+            # block root inside the previous one's subtree is skipped, so a slice per outer block suffices.
+            covered_until = -1
+            for i in candidates:
+                if i < covered_until:
+                    continue
+                seg = names[i][names[i].rfind(".") + 1 :]
+                if not seg.isdigit():
+                    continue
+                p = parents[i]
+                container_t[i : ends[i]] = p
+                index_t[i : ends[i]] = int(seg)
+                length_t[i : ends[i]] = lengths[p]
+                covered_until = ends[i]
+        self._cached["block_tensors"] = (container_t, index_t, length_t)
+        container, index, length = container_t.tolist(), index_t.tolist(), length_t.tolist()
         info = self._cached["blocks"] = (container, index, length)
         return info
 
@@ -253,7 +272,7 @@ class ModelIndex:
         # Containers first, on every call: `del parent.child` and direct `_modules` writes fire no
         # hook, but they always change a container's child dict. Leaves can only gain children
         # through hooked paths, so only the (few) containers are compared — a few ms at 60k modules.
-        if not all(m._modules == kids for m, kids in self._containers):
+        if self._container_dicts != self._container_copies:  # element-wise dict ==, in C
             return False
         if self.generation == _current_generation:
             return True
@@ -264,7 +283,7 @@ class ModelIndex:
 
     def _structure_unchanged(self) -> bool:
         for module, children, params in self._snapshot:
-            if module._modules != children:
+            if (module._modules != children) if children is not None else bool(module._modules):
                 return False
             current = module._parameters
             if len(current) != len(params) or any(current.get(k) is not v for k, v in params.items()):
@@ -296,6 +315,8 @@ def build_index(model: nn.Module) -> ModelIndex:
 
 
 def _build_index(model: nn.Module) -> ModelIndex:
+    # One tight pass: this loop *is* the cost of a first query on a 60k-module model, so locals
+    # are bound and the module and parameter walks are fused (benchmarks/ measures it).
     generation = _current_generation
     names: list[str] = []
     modules: list[nn.Module] = []
@@ -308,33 +329,67 @@ def _build_index(model: nn.Module) -> ModelIndex:
     position_of: dict[int, int] = {}
     shared_edges: list[tuple[int, int]] = []  # (parent position, position of an already-listed child)
     snapshot = []
+    params: list[nn.Parameter] = []
+    param_names: list[str] = []
+    param_pos: dict[int, int] = {}
+    regs: list[list[int]] = []  # per parameter: positions where it is registered (named_parameters order)
 
+    add_name, add_module, add_parent, add_depth, add_class = (
+        names.append, modules.append, parents.append, depth.append, class_ids.append)
+    add_snapshot, add_children = snapshot.append, n_children.append
+    container_dicts: list[dict] = []
+    container_copies: list[dict] = []
+    add_container_dict, add_container_copy = container_dicts.append, container_copies.append
     stack = [("", model, -1, 0)]
+    pop, push = stack.pop, stack.append
     while stack:
-        name, module, parent, d = stack.pop()
+        name, module, parent, d = pop()
         key = id(module)
         if key in position_of:
             shared_edges.append((parent, position_of[key]))
             continue
         pos = len(names)
         position_of[key] = pos
-        names.append(name)
-        modules.append(module)
-        parents.append(parent)
-        depth.append(d)
+        add_name(name)
+        add_module(module)
+        add_parent(parent)
+        add_depth(d)
         cls = type(module)
         cid = class_pos.get(cls)
         if cid is None:
             cid = class_pos[cls] = len(classes)
             classes.append(cls)
-        class_ids.append(cid)
+        add_class(cid)
         kids = module._modules
-        snapshot.append((module, dict(kids), dict(module._parameters)))
-        live = [(k, v) for k, v in kids.items() if v is not None]
-        n_children.append(len(live))
-        prefix = name + "." if name else ""
-        for k, child in reversed(live):
-            stack.append((prefix + k, child, pos, d + 1))
+        own = module._parameters
+        if kids:
+            kids_copy = dict(kids)
+            add_container_dict(kids)
+            add_container_copy(kids_copy)
+            add_snapshot((module, kids_copy, dict(own)))
+        else:
+            add_snapshot((module, None, dict(own)))
+        if own:
+            for pname, p in own.items():
+                if p is None:
+                    continue
+                idx = param_pos.get(id(p))
+                if idx is None:
+                    param_pos[id(p)] = len(params)
+                    params.append(p)
+                    param_names.append(f"{name}.{pname}" if name else pname)
+                    regs.append([pos])
+                else:
+                    regs[idx].append(pos)
+        if kids:
+            live = [(k, v) for k, v in kids.items() if v is not None]
+            add_children(len(live))
+            prefix = name + "." if name else ""
+            d1 = d + 1
+            for k, child in reversed(live):
+                push((prefix + k, child, pos, d1))
+        else:
+            add_children(0)
 
     n = len(names)
     ends = list(range(1, n + 1))
@@ -343,23 +398,6 @@ def _build_index(model: nn.Module) -> ModelIndex:
         if ends[i] > ends[p]:
             ends[p] = ends[i]
 
-    # Parameter registrations, in named_parameters() order for the first one of each parameter.
-    params: list[nn.Parameter] = []
-    param_names: list[str] = []
-    param_pos: dict[int, int] = {}
-    regs: list[list[int]] = []  # per parameter: positions where it is registered
-    for pos, module in enumerate(modules):
-        for pname, p in module._parameters.items():
-            if p is None:
-                continue
-            idx = param_pos.get(id(p))
-            if idx is None:
-                idx = param_pos[id(p)] = len(params)
-                params.append(p)
-                param_names.append(f"{names[pos]}.{pname}" if names[pos] else pname)
-                regs.append([pos])
-            else:
-                regs[idx].append(pos)
     # A module listed once but held by a second parent too: that parent uses its parameters.
     for parent, child in shared_edges:
         for idx, positions in enumerate(regs):
@@ -401,18 +439,27 @@ def _build_index(model: nn.Module) -> ModelIndex:
         reg_sign=reg_sign,
         generation=generation,
         _snapshot=snapshot,
-        _containers=[(m, kids) for m, kids, _ in snapshot if kids],
+        _container_dicts=container_dicts,
+        _container_copies=container_copies,
+        _position_of=position_of,
     )
 
 
-def get_index(model: nn.Module) -> ModelIndex:
-    """The current index of `model`, built on first use and rebuilt when its structure changed."""
+def get_index(model: nn.Module, *, for_names: bool = False) -> ModelIndex:
+    """The current index of `model`, built on first use and rebuilt when its structure changed.
+
+    `for_names=True` is for building selectors (checking that the names they mention exist): it
+    skips the per-call container comparison when no registration happened since the last check.
+    Every terminal (names, masks, display) uses the full check, so answers are never stale.
+    """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
             f"select() needs a torch.nn.Module, got {type(model).__module__}.{type(model).__qualname__}"
             + (": did you pass a PEFT config or a model name? Build the model first." if isinstance(model, (str, dict)) else "")
         )
     index = _cache.get(model)
+    if for_names and index is not None and index.generation == _current_generation:
+        return index
     if index is None or not index.is_current():
         index = build_index(model)
         _cache[model] = index

@@ -33,7 +33,7 @@ class Selection:
     __slots__ = ("_model", "_node")
 
     def __init__(self, model: nn.Module, node: Any = N.ALL, *, _checked: bool = False):
-        index = get_index(model)  # raises NotAModuleError for anything but an nn.Module
+        index = get_index(model, for_names=True)  # raises NotAModuleError for anything but an nn.Module
         if isinstance(node, N.Selector):
             node = node.root
         if not _checked:
@@ -63,14 +63,14 @@ class Selection:
         return out
 
     def _refine(self, node) -> "Selection":
-        check_against_model(node, get_index(self._model))
+        check_against_model(node, get_index(self._model, for_names=True))
         return self._with(N.and_(self._node, node))
 
     def _index(self) -> ModelIndex:
         return get_index(self._model)
 
-    def _mask(self) -> torch.Tensor:
-        return select_mask(self._node, self._index())
+    def _mask(self, index: Optional[ModelIndex] = None) -> torch.Tensor:
+        return select_mask(self._node, index if index is not None else self._index())
 
     # ------------------------------------------------------------------ filters
     def trainable(self) -> "Selection":
@@ -201,11 +201,11 @@ class Selection:
         """Selected module names in model (`named_modules()`) order; `[]` when nothing is selected."""
         index = self._index()
         names = index.names
-        return [names[i] for i in self._mask().nonzero().flatten().tolist()]
+        return [names[i] for i in self._mask(index).nonzero().flatten().tolist()]
 
     def modules(self) -> dict[str, nn.Module]:
         index = self._index()
-        return {index.names[i]: index.modules[i] for i in self._mask().nonzero().flatten().tolist()}
+        return {index.names[i]: index.modules[i] for i in self._mask(index).nonzero().flatten().tolist()}
 
     def __len__(self) -> int:
         return int(self._mask().sum())
@@ -219,7 +219,7 @@ class Selection:
     def __contains__(self, name: object) -> bool:
         index = self._index()
         pos = index.position(name) if isinstance(name, str) else None
-        return bool(pos) and bool(self._mask()[pos])
+        return bool(pos) and bool(self._mask(index)[pos])
 
     def __bool__(self) -> bool:
         return True  # a Selection is a value, not a container test: use .is_empty()
@@ -311,7 +311,7 @@ def _coerce(value: Any, within: Selection):
         from .query import parse
 
         node = parse(value).root
-        check_against_model(node, within._index())
+        check_against_model(node, get_index(within._model, for_names=True))
         return node
     if isinstance(value, type) and issubclass(value, nn.Module):
         return N.TypeIs(name=value.__name__)
@@ -341,7 +341,7 @@ def select(model: nn.Module, query: Union[str, N.Selector, None] = None) -> Sele
 
         node = parse(query).root
         try:
-            check_against_model(node, get_index(model))
+            check_against_model(node, get_index(model, for_names=True))
         except TargetselError as exc:
             raise type(exc)(f"{exc}\n  in query: {query}") from None
         return Selection(model, node, _checked=True)

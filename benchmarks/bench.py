@@ -1,0 +1,274 @@
+"""targetsel benchmarks: selection cost against one module walk, and the configs handed to PEFT.
+
+    python benchmarks/bench.py                 # sizes 1k, 10k, 63k + real architectures; writes RESULTS.md
+    python benchmarks/bench.py --quick         # the smallest size only (the test suite's smoke run)
+
+Every figure is a ratio measured side by side in one process (absolute times on shared machines
+are noise): the reference is one bare `named_modules()` + `named_parameters()` walk of the same
+model. Targets (issue 7): P1 first query on a fresh model ≤ 1.3× walk; P2 a further query ≤ 0.1×;
+P3 the "routed experts of layers 30–60" config ≤ 200 characters and exact; P4 `verify` ≤ 1×;
+P5 `get_peft_model` with targetsel's config ≤ 1.02× a hand-written suffix config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from targetsel import patch, select, verify  # noqa: E402
+from targetsel.index import build_index, forget, get_index  # noqa: E402
+
+TARGETS = {"P1": 1.3, "P2": 0.1, "P3": 200, "P4": 1.0, "P5": 1.02}
+# (label, layers, routed experts): ≈1k, ≈10k and ≈63k modules (61 × 256 × 3 Linears ≈ 47k of them)
+SIZES = {"1k": (6, 40), "10k": (24, 100), "63k": (61, 256)}
+ROUTED_QUERY = "layers:30..60 & glob:model.layers.*.mlp.experts.*.*"
+
+
+class Expert(nn.Module):
+    def __init__(self, d: int, f: int):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False), nn.Linear(f, d, bias=False)
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, f: int, experts: int):
+        super().__init__()
+        self.self_attn = nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            self.self_attn.add_module(name, nn.Linear(d, d, bias=False))
+        self.mlp = nn.Module()
+        self.mlp.gate = nn.Linear(d, experts, bias=False)  # the router
+        self.mlp.experts = nn.ModuleList(Expert(d, f) for _ in range(experts))
+        self.mlp.shared_experts = Expert(d, f)
+        self.input_layernorm, self.post_attention_layernorm = nn.LayerNorm(d), nn.LayerNorm(d)
+
+
+class PerExpertMoE(nn.Module):
+    """A DeepSeek-style MoE with one nn.Linear per expert, as older transformers built them."""
+
+    def __init__(self, layers: int, experts: int, d: int = 64, f: int = 32, vocab: int = 1000):
+        super().__init__()
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(vocab, d)
+        self.model.layers = nn.ModuleList(Block(d, f, experts) for _ in range(layers))
+        self.model.norm = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+def build_moe(layers: int, experts: int) -> nn.Module:
+    with torch.device("meta"):
+        return PerExpertMoE(layers, experts)
+
+
+def timed(fn: Callable, repeat: int = 5, setup: Callable | None = None) -> float:
+    """Median seconds of `fn()` over `repeat` runs (gc off, as timeit does)."""
+    times = []
+    for _ in range(repeat):
+        if setup:
+            setup()
+        gc.disable()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        gc.enable()
+    return statistics.median(times)
+
+
+def walk(model: nn.Module) -> None:
+    for _ in model.named_modules():
+        pass
+    for _ in model.named_parameters():
+        pass
+
+
+def measure(model: nn.Module, label: str, repeat: int = 5, peft_check: bool = True) -> dict:
+    from peft.tuners.tuners_utils import _find_minimal_target_modules
+
+    n_modules = sum(1 for _ in model.named_modules()) - 1
+    t_walk = timed(lambda: walk(model), repeat)
+
+    def first_query():
+        select(model, "linear & trainable & layers:-8..").names()
+
+    t_first = timed(first_query, repeat, setup=lambda: forget(model))
+    get_index(model)
+    t_again = timed(lambda: select(model, "glob:**.experts.*.down_proj & layers:0..9").names(), repeat)
+
+    row = {"model": label, "modules": n_modules, "walk_s": t_walk, "P1": t_first / t_walk, "P2": t_again / t_walk}
+
+    routed = select(model, ROUTED_QUERY) if hasattr(getattr(model, "model", None), "layers") else None
+    if routed is not None and not routed.is_empty():
+        names = routed.names()
+        value = routed.to_peft("auto")
+        row["P3_chars"] = len(value) if isinstance(value, str) else len(json.dumps(sorted(value)))
+        row["P3_value"] = value if isinstance(value, str) else sorted(value)
+        chosen = set(names)
+        others = [n for n, _ in model.named_modules() if n and n not in chosen]
+        condensed = _find_minimal_target_modules(names, others) if len(names) < 20000 or n_modules < 70000 else None
+        row["P3_peft_chars"] = len(json.dumps(sorted(condensed))) if condensed is not None else None
+        row["P3_full_list_chars"] = len(json.dumps(names))
+        from peft import LoraConfig
+
+        config = patch(LoraConfig(r=4), routed) if peft_check else LoraConfig(target_modules=value)
+        t_verify = timed(lambda: verify(model, config), max(1, repeat // 2))
+        row["P4"] = t_verify / t_walk
+        row["P3_exact"] = verify(model, config) == names
+    tracemalloc.start()
+    forget(model)
+    build_index(model)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    row["index_MiB_per_100k"] = peak / 2**20 * 100_000 / max(n_modules, 1)
+    forget(model)
+    get_index(model)
+    return row
+
+
+def measure_p5(layers: int = 8, experts: int = 64, repeat: int = 3) -> dict:
+    """get_peft_model with targetsel's config vs a hand-written suffix list vs the raw full-name list."""
+    from peft import LoraConfig, get_peft_model
+
+    def run(target_modules):
+        model = build_moe(layers, experts)
+        cfg = LoraConfig(r=4, target_modules=target_modules)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            get_peft_model(model, cfg)
+            return time.perf_counter() - start
+
+    model = build_moe(layers, experts)
+    sel = select(model, "linear & glob:**.experts.*.*")
+    compiled = sel.to_peft("auto")
+    full = sel.names()
+    hand = [f"experts.{i}.{p}" for i in range(experts) for p in ("gate_proj", "up_proj", "down_proj")]
+    n_modules = sum(1 for _ in model.named_modules()) - 1
+    t_compiled = statistics.median(run(compiled) for _ in range(repeat))
+    t_hand = statistics.median(run(hand) for _ in range(repeat))
+    t_full = statistics.median(run(full) for _ in range(max(1, repeat - 1)))
+    return {"modules": n_modules, "targets": len(sel), "compiled": compiled if isinstance(compiled, str) else sorted(compiled),
+            "P5_vs_hand": t_compiled / t_hand, "P5_vs_full_list": t_compiled / t_full,
+            "compiled_s": t_compiled, "hand_s": t_hand, "full_list_s": t_full}
+
+
+def real_architectures() -> list[tuple[str, nn.Module]]:
+    import transformers
+
+    out = []
+    for model_type, auto in (("llama", "AutoModelForCausalLM"), ("qwen2_vl", "AutoModelForImageTextToText"),
+                             ("mixtral", "AutoModelForCausalLM")):
+        config = transformers.AutoConfig.for_model(model_type)
+        with torch.device("meta"):
+            model = getattr(transformers, auto).from_config(config)
+        out.append((f"{type(model).__name__} (default config)", model))
+    return out
+
+
+def run(sizes: list[str], real: bool = True, repeat: int = 5, p5: bool = True) -> dict:
+    rows = []
+    for label in sizes:
+        layers, experts = SIZES[label]
+        start = time.perf_counter()
+        model = build_moe(layers, experts)
+        build_s = time.perf_counter() - start
+        row = measure(model, f"per-expert MoE {label} ({layers}×{experts})", repeat)
+        row["build_s"] = build_s
+        rows.append(row)
+        del model
+        gc.collect()
+    if real:
+        for label, model in real_architectures():
+            rows.append(measure(model, label, repeat))
+    result = {"rows": rows}
+    if p5:
+        result["p5"] = measure_p5(repeat=3 if repeat > 2 else 1, layers=8 if repeat > 2 else 2, experts=64 if repeat > 2 else 16)
+    return result
+
+
+def verdict(value, target, smaller=True) -> str:
+    if value is None:
+        return "–"
+    return "✓" if (value <= target if smaller else value >= target) else "✗"
+
+
+def table(result: dict) -> str:
+    lines = [
+        "| model | modules | walk (s) | P1 first query | P2 further query | P3 chars (PEFT condensed / full list) | P4 verify | index MiB / 100k modules |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in result["rows"]:
+        p3 = f"{r['P3_chars']} {verdict(r['P3_chars'], TARGETS['P3'])}{'' if r.get('P3_exact') else ' NOT EXACT'} ({r.get('P3_peft_chars')} / {r['P3_full_list_chars']})" if "P3_chars" in r else "–"
+        p4 = f"{r['P4']:.2f}× {verdict(r['P4'], TARGETS['P4'])}" if "P4" in r else "–"
+        lines.append(
+            f"| {r['model']} | {r['modules']:,} | {r['walk_s']:.4f} | {r['P1']:.2f}× {verdict(r['P1'], TARGETS['P1'])} | "
+            f"{r['P2']:.3f}× {verdict(r['P2'], TARGETS['P2'])} | {p3} | {p4} | {r['index_MiB_per_100k']:.1f} |"
+        )
+    if "p5" in result:
+        p = result["p5"]
+        lines += [
+            "",
+            f"P5 — `get_peft_model` on a {p['modules']:,}-module per-expert MoE, {p['targets']:,} targets: targetsel's config "
+            f"`{json.dumps(p['compiled'])[:120]}` vs a hand-written suffix list: **{p['P5_vs_hand']:.3f}×** "
+            f"{verdict(p['P5_vs_hand'], TARGETS['P5'])} (target ≤ 1.02×); vs the raw full-name list: **{p['P5_vs_full_list']:.3f}×** "
+            f"({p['compiled_s']:.2f} s vs {p['hand_s']:.2f} s vs {p['full_list_s']:.2f} s).",
+        ]
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    import peft
+    import transformers
+
+    return (f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+            f"peft {peft.__version__}, transformers {transformers.__version__}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1k,10k,63k")
+    parser.add_argument("--quick", action="store_true", help="the 1k size only, no real architectures, 2 repeats")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    if args.quick:
+        result = run(["1k"], real=False, repeat=2)
+    else:
+        result = run(args.sizes.split(","))
+    text = table(result)
+    print(text)
+    if not args.quick:
+        Path(args.out).write_text(
+            "# targetsel benchmark results\n\n"
+            f"Measured {time.strftime('%Y-%m-%d')} on {environment()}.\n\n"
+            "Reproduce: `python benchmarks/bench.py` (about two minutes; `--quick` for the smallest size).\n"
+            "Ratios are medians of repeated runs against one bare `named_modules()` + `named_parameters()` walk of the\n"
+            "same model, measured in the same process. Targets: P1 ≤ 1.3×, P2 ≤ 0.1×, P3 ≤ 200 characters and exact,\n"
+            "P4 ≤ 1×, P5 ≤ 1.02×. P3 is the compiled `target_modules` for \"routed experts of layers 30–60\"\n"
+            f"(`{ROUTED_QUERY}`), next to PEFT's own condensation of the full-name list (`_find_minimal_target_modules`).\n\n"
+            + text + "\n"
+        )
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
