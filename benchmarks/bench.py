@@ -37,7 +37,15 @@ from targetsel.index import build_index, forget, get_index  # noqa: E402
 TARGETS = {"P1": 1.3, "P2": 0.1, "P3": 200, "P4": 1.0, "P5": 1.02}
 # (label, layers, routed experts): ≈1k, ≈10k and ≈63k modules (61 × 256 × 3 Linears ≈ 47k of them)
 SIZES = {"1k": (6, 40), "10k": (24, 100), "63k": (61, 256)}
-ROUTED_QUERY = "layers:30..60 & glob:model.layers.*.mlp.experts.*.*"
+ROUTED_GLOB = "glob:model.layers.*.mlp.experts.*.*"
+
+
+def routed_query(layers: int) -> str:
+    """"Routed experts of layers 30–60" on the 61-layer model; the same upper half on smaller ones."""
+    return f"layers:{layers // 2}..{layers - 1} & {ROUTED_GLOB}"
+
+
+ROUTED_QUERY = routed_query(61)
 
 
 class Expert(nn.Module):
@@ -115,7 +123,8 @@ def measure(model: nn.Module, label: str, repeat: int = 5, peft_check: bool = Tr
 
     row = {"model": label, "modules": n_modules, "walk_s": t_walk, "P1": t_first / t_walk, "P2": t_again / t_walk}
 
-    routed = select(model, ROUTED_QUERY) if hasattr(getattr(model, "model", None), "layers") else None
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    routed = select(model, routed_query(len(layers))) if isinstance(model, PerExpertMoE) else None
     if routed is not None and not routed.is_empty():
         names = routed.names()
         value = routed.to_peft("auto")
