@@ -72,7 +72,10 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
     downgraded = enforce(check(selection.model, selection, config=config), strict=strict, stacklevel=3)
     skipped = {n for f in downgraded if f.code == "modules-to-save-overlap" for n in f.modules}
     value = selection.to_peft(form)
-    new = _new_config(config, target_modules=value, **{f: p for f, p in patterns.items()})
+    changes = dict(patterns)
+    if getattr(config, "feedforward_modules", None):  # IA³: which targets scale inputs, kept exact too
+        value, changes["feedforward_modules"] = _feedforward(config, selection, names, value)
+    new = _new_config(config, target_modules=value, **changes)
     got = verify(selection.model, new)
     if got != [n for n in names if n not in skipped]:
         _raise_mismatch(config, selection, value, names, got)
@@ -80,6 +83,46 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
 
     remember(selection, names)  # so audit() can compare after get_peft_model has rewritten the tree
     return new
+
+
+def _is_feedforward(feedforward, name: str) -> bool:
+    """IA³'s own rule (`IA3Model._check_target_module_feedforward`): str → fullmatch, list → endswith (no dot)."""
+    from peft.tuners.ia3 import IA3Model
+
+    probe = type("FF", (), {"feedforward_modules": feedforward})()
+    return IA3Model._check_target_module_feedforward(probe, name)
+
+
+def _feedforward(config, selection, names: list[str], value):
+    """(target_modules, feedforward_modules) such that IA³ marks exactly the same selected modules
+    feedforward as the config's own `feedforward_modules` does, and PEFT's subset check holds."""
+    from .regex_build import names_regex
+
+    wanted = [n for n in names if _is_feedforward(config.feedforward_modules, n)]
+    if not wanted:
+        raise ConfigError(
+            f"{type(config).__name__}.feedforward_modules={config.feedforward_modules!r} names none of the "
+            f"{len(names)} selected modules; IA³ needs its feedforward layers among the targets: select them too, "
+            "or set feedforward_modules to the selected feedforward layers"
+        )
+    chosen = set(wanted)
+    if not isinstance(value, str):
+        # A list of targets: PEFT requires feedforward_modules ⊆ target_modules, so both are full names.
+        full = selection.to_peft("list") if _list_is_exact(selection) else None
+        if full is not None and all(_is_feedforward(wanted, n) == (n in chosen) for n in names):
+            return full, list(wanted)
+    pattern = "^" + names_regex(wanted) + "$"
+    return (value if isinstance(value, str) else selection.to_peft("regex")), pattern
+
+
+def _list_is_exact(selection) -> bool:
+    from .errors import SelectionError
+
+    try:
+        selection.to_peft("list")
+    except SelectionError:
+        return False
+    return True
 
 
 def _patch_parameters(config: Any, psel):

@@ -36,6 +36,11 @@ def require_peft_config(config: Any, what: str = "patch()") -> None:
             f"{type(config).__name__} ({config.peft_type}) has no target_modules field: it does not put "
             "adapters on chosen modules (prompt-learning methods adapt the input, not layers)."
         )
+    if str(getattr(config.peft_type, "value", config.peft_type)) == "ADAPTION_PROMPT":
+        raise ConfigError(
+            "AdaptionPromptConfig.target_modules names the attention class to prepend prompts to (e.g. 'self_attn'), "
+            "not modules matched by PEFT's target rules; targetsel cannot make it exact. Set it by hand."
+        )
 
 
 def prepare_config(model: nn.Module, config: Any):
