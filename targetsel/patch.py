@@ -71,18 +71,41 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
     # Empty selections and nested targets are findings too: they raise EmptySelectionError / NestedTargetsError.
     downgraded = enforce(check(selection.model, selection, config=config), strict=strict, stacklevel=3)
     skipped = {n for f in downgraded if f.code == "modules-to-save-overlap" for n in f.modules}
-    value = selection.to_peft(form)
-    changes = dict(patterns)
-    if getattr(config, "feedforward_modules", None):  # IA³: which targets scale inputs, kept exact too
-        value, changes["feedforward_modules"] = _feedforward(config, selection, names, value)
-    new = _new_config(config, target_modules=value, **changes)
-    got = verify(selection.model, new)
-    if got != [n for n in names if n not in skipped]:
+    expected = [n for n in names if n not in skipped]
+    # "auto" tries the shortest exact form first, then the others: PEFT may rewrite targets before
+    # matching (its transformers-5 MoE conversion turns a regex into bare leaf names), and a form
+    # that survives that is still exact. An explicit form is taken as asked, or refused.
+    forms = [form] if form != "auto" else ["auto", *(f for f in ("list", "suffixes", "regex") if _form_exists(selection, f))]
+    tried = []
+    for candidate in forms:
+        value = selection.to_peft(candidate)
+        if any(value == v for v, _ in tried):
+            continue
+        changes = dict(patterns)
+        if getattr(config, "feedforward_modules", None):  # IA³: which targets scale inputs, kept exact too
+            value, changes["feedforward_modules"] = _feedforward(config, selection, names, value)
+        new = _new_config(config, target_modules=value, **changes)
+        got = verify(selection.model, new)
+        if got == expected:
+            break
+        tried.append((value, got))
+    else:
+        value, got = tried[0]
         _raise_mismatch(config, selection, value, names, got)
     from .audit import remember
 
     remember(selection, names)  # so audit() can compare after get_peft_model has rewritten the tree
     return new
+
+
+def _form_exists(selection, form: str) -> bool:
+    from .errors import SelectionError
+
+    try:
+        selection.to_peft(form)
+    except SelectionError:
+        return False
+    return True
 
 
 def _is_feedforward(feedforward, name: str) -> bool:
@@ -116,13 +139,7 @@ def _feedforward(config, selection, names: list[str], value):
 
 
 def _list_is_exact(selection) -> bool:
-    from .errors import SelectionError
-
-    try:
-        selection.to_peft("list")
-    except SelectionError:
-        return False
-    return True
+    return _form_exists(selection, "list")
 
 
 def _patch_parameters(config: Any, psel):
@@ -223,6 +240,8 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str]) 
             continue
         if verify(selection.model, cleared) != got:
             culprits.extend(present)
+    if not culprits:
+        _raise_if_peft_rewrites(config, selection, value, lost, extra)
     fields = ", ".join(f"{f}={getattr(config, f)!r}" for f in culprits) or "a field of the config"
     from .grouping import summarize_names
 
@@ -235,4 +254,34 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str]) 
         f"{type(config).__name__} carries {fields}, which changes what PEFT targets: "
         + "; ".join(detail)
         + ". Remove the field (express it in the selection instead, e.g. - under:NAME) and patch again."
+    )
+
+
+def _raise_if_peft_rewrites(config, selection, value, lost: list[str], extra: list[str]) -> None:
+    """PEFT rewrites the targets itself before matching (transformers-5 MoE conversion): say so."""
+    from .grouping import summarize_names
+    from .verify import prepare_config
+
+    try:
+        prepared = prepare_config(selection.model, _new_config(config, target_modules=value))
+    except Exception:  # the explanation is best effort; the caller raises in any case
+        return
+    after = prepared.target_modules
+    before = value if isinstance(value, str) else set(value)
+    if after == before or (not isinstance(after, str) and not isinstance(before, str) and set(after) == set(before)):
+        return
+    model_type = getattr(getattr(selection.model, "config", None), "model_type", "?")
+    shown = after if isinstance(after, str) else sorted(after)[:6]
+    params = sorted(getattr(prepared, "target_parameters", None) or [])
+    detail = []
+    if lost:
+        detail.append(f"{len(lost)} selected module(s) would not be targeted: {summarize_names(lost, limit=4)}")
+    if extra:
+        detail.append(f"{len(extra)} unselected module(s) would be targeted: {summarize_names(extra, limit=4)}")
+    raise ConfigError(
+        f"the installed peft rewrites target_modules for {model_type!r} models before matching (its transformers-5 "
+        f"MoE conversion): every exact form targetsel can write becomes {shown!r}"
+        + (f" plus target_parameters {params!r}" if params else "")
+        + ", so " + "; ".join(detail) + ". PEFT cannot adapt exactly this selection on this model; leave those "
+        "modules out (or target fused experts with .parameters())."
     )
