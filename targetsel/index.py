@@ -77,8 +77,9 @@ class ModelIndex:
     reg_param: list[int]
     reg_sign: list[int]
     generation: int
-    _snapshot: list = field(default_factory=list, repr=False)
     _position_of: dict = field(default_factory=dict, repr=False)  # id(module) → position
+    _own_params: list = field(default_factory=list, repr=False)  # every module's own parameters, flattened
+    _param_pos: dict = field(default_factory=dict, repr=False)  # id(parameter) → index in `params`
     _container_dicts: list = field(default_factory=list, repr=False)  # the live `_modules` dicts …
     _container_copies: list = field(default_factory=list, repr=False)  # … and their contents at build time
     _cached: dict = field(default_factory=dict, repr=False)
@@ -282,13 +283,19 @@ class ModelIndex:
         return False
 
     def _structure_unchanged(self) -> bool:
-        for module, children, params in self._snapshot:
-            if (module._modules != children) if children is not None else bool(module._modules):
+        # After a registration somewhere (often in another model): leaves must still be leaves
+        # (containers were compared above) and every module must hold the same parameter objects,
+        # in the same order. Reads the live tree against what the build recorded, so the build
+        # itself needs no per-module copies.
+        known = self._param_pos
+        expected = iter(self._own_params)
+        for module, n_kids in zip(self.modules, self.n_children):
+            if not n_kids and module._modules:
                 return False
-            current = module._parameters
-            if len(current) != len(params) or any(current.get(k) is not v for k, v in params.items()):
-                return False
-        return True
+            for p in module._parameters.values():
+                if p is not None and known.get(id(p), -1) != next(expected, -2):
+                    return False
+        return next(expected, None) is None
 
 
 def _lca(parents: list[int], depth: list[int], a: int, b: int) -> int:
@@ -328,7 +335,6 @@ def _build_index(model: nn.Module) -> ModelIndex:
     class_pos: dict[type, int] = {}
     position_of: dict[int, int] = {}
     shared_edges: list[tuple[int, int]] = []  # (parent position, position of an already-listed child)
-    snapshot = []
     params: list[nn.Parameter] = []
     param_names: list[str] = []
     param_pos: dict[int, int] = {}
@@ -336,7 +342,9 @@ def _build_index(model: nn.Module) -> ModelIndex:
 
     add_name, add_module, add_parent, add_depth, add_class = (
         names.append, modules.append, parents.append, depth.append, class_ids.append)
-    add_snapshot, add_children = snapshot.append, n_children.append
+    add_children = n_children.append
+    own_params: list[int] = []  # each module's own parameters (indices into params), in order
+    add_own = own_params.append
     container_dicts: list[dict] = []
     container_copies: list[dict] = []
     add_container_dict, add_container_copy = container_dicts.append, container_copies.append
@@ -363,24 +371,21 @@ def _build_index(model: nn.Module) -> ModelIndex:
         kids = module._modules
         own = module._parameters
         if kids:
-            kids_copy = dict(kids)
             add_container_dict(kids)
-            add_container_copy(kids_copy)
-            add_snapshot((module, kids_copy, dict(own)))
-        else:
-            add_snapshot((module, None, dict(own)))
+            add_container_copy(dict(kids))
         if own:
             for pname, p in own.items():
                 if p is None:
                     continue
                 idx = param_pos.get(id(p))
                 if idx is None:
-                    param_pos[id(p)] = len(params)
+                    idx = param_pos[id(p)] = len(params)
                     params.append(p)
                     param_names.append(f"{name}.{pname}" if name else pname)
                     regs.append([pos])
                 else:
                     regs[idx].append(pos)
+                add_own(idx)
         if kids:
             live = [(k, v) for k, v in kids.items() if v is not None]
             add_children(len(live))
@@ -438,10 +443,11 @@ def _build_index(model: nn.Module) -> ModelIndex:
         reg_param=reg_param,
         reg_sign=reg_sign,
         generation=generation,
-        _snapshot=snapshot,
         _container_dicts=container_dicts,
         _container_copies=container_copies,
         _position_of=position_of,
+        _own_params=own_params,
+        _param_pos=param_pos,
     )
 
 
