@@ -224,10 +224,9 @@ def _read_peft_config(spec: str):
         path = path / "adapter_config.json"
     if not path.is_file():
         raise ConfigError(f"no adapter config at {str(path)!r}; pass an adapter_config.json file or its directory")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read {str(path)!r} as JSON: {exc}") from None
+    from .loading import read_json
+
+    data = read_json(path, ConfigError)
     if not isinstance(data, dict) or "peft_type" not in data:
         raise ConfigError(f"{str(path)!r} is not a PEFT adapter config: it has no 'peft_type' (e.g. \"LORA\")")
     from peft import PeftConfig

@@ -4,19 +4,29 @@ Rows group modules that share class, shape and grad state, and within those, nam
 only in numeric segments or sibling alternatives (`model.layers.{0..31}.self_attn.{q,k,v,o}_proj`,
 the same patterns `.glob()` accepts). The canonical query heads every form, so what is shown can
 be pasted back. Imported lazily by `Selection.__repr__` / `_repr_html_` / `__rich__`.
+
+Speed matters because a repr runs on every notebook cell: one pass over the selected positions
+reads each module's class and shape; grad state, parameter counts and the distinct-parameter
+total come from the index's arrays; only the names of each (class, shape, state) bucket go
+through `group_names`.
 """
 
 from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
+import torch
 from torch import nn
 
 from .grouping import group_names
 
-MAX_ROWS = 12
+MAX_ROWS = 12  # text and rich; 40k modules then read in at most 15 lines
+MAX_HTML_ROWS = 40  # a notebook table can afford more before it scrolls
+
+COLUMNS = ("group", "count", "class", "shape", "grad state", "parameters")
+_STATES = ("trainable", "frozen", "mixed", "—")  # "—": the module uses no parameters
 
 
 @dataclass(frozen=True)
@@ -26,7 +36,7 @@ class Row:
     cls: str
     shape: str
     state: str
-    params: int
+    params: int  # parameter elements the row's modules use, summed module by module
 
     def to_dict(self) -> dict:
         return {"pattern": self.pattern, "count": self.count, "class": self.cls, "shape": self.shape,
@@ -39,9 +49,10 @@ class Summary:
     model_class: str
     selected: int
     modules: int
-    params: int  # distinct parameter elements the selection uses
+    params: int  # distinct parameter elements the selection uses (tied weights once)
     model_params: int
     rows: tuple[Row, ...]
+    lora_per_rank: int = 0  # LoRA parameters at r=1; LoRA's count is linear in r
 
     @property
     def share(self) -> float:
@@ -57,112 +68,189 @@ def human(n: float) -> str:
     return str(int(n))
 
 
+# --------------------------------------------------------------------- shapes and LoRA sizes
+# Per class, one function module → (shape text, LoRA parameters at r=1). Chosen once per class,
+# so the per-module cost is a couple of attribute reads.
+
+
+def _embedding(m) -> tuple[str, int]:
+    return f"{m.num_embeddings}×{m.embedding_dim}", m.num_embeddings + m.embedding_dim
+
+
+def _conv(m) -> tuple[str, int]:
+    # PEFT: lora_A = Conv(in, r, kernel) without groups, lora_B = Conv(r, out, 1, groups=groups).
+    kernel = 1
+    for k in m.kernel_size:
+        kernel *= k
+    shape = f"{m.in_channels}→{m.out_channels}, {'×'.join(str(k) for k in m.kernel_size)}"
+    return shape, m.in_channels * kernel + m.out_channels // m.groups
+
+
+def _multihead(m) -> tuple[str, int]:
+    # PEFT wraps in_proj (E → 3E) and out_proj (E → E): r·4E + r·2E.
+    return f"{m.embed_dim}, {m.num_heads} heads", 6 * m.embed_dim
+
+
+def _transformers_conv1d(m) -> tuple[str, int]:
+    nx, nf = m.weight.shape  # GPT-2's Conv1D stores weight as (in, out); PEFT reads it so
+    return f"{nx}→{nf}", nx + nf
+
+
+def _generic(m) -> tuple[str, int]:
+    in_f, out_f = getattr(m, "in_features", None), getattr(m, "out_features", None)
+    if isinstance(in_f, int) and isinstance(out_f, int):  # nn.Linear and its subclasses, quantized linears
+        return f"{in_f}→{out_f}", in_f + out_f
+    normalized = getattr(m, "normalized_shape", None)
+    if isinstance(normalized, tuple):
+        return "×".join(str(d) for d in normalized), 0
+    return "", 0
+
+
+def _measure_for(cls: type) -> Callable[[nn.Module], tuple[str, int]]:
+    if issubclass(cls, nn.Embedding):
+        return _embedding
+    if issubclass(cls, nn.modules.conv._ConvNd):
+        return _conv
+    if issubclass(cls, nn.MultiheadAttention):
+        return _multihead
+    if cls.__name__ == "Conv1D" and not issubclass(cls, nn.Linear):
+        return _transformers_conv1d
+    return _generic
+
+
+def _measure(module: nn.Module) -> tuple[str, int]:
+    try:
+        return _measure_for(type(module))(module)
+    except (AttributeError, TypeError, ValueError):  # a look-alike class without the expected attributes
+        return "", 0
+
+
 def shape_of(module: nn.Module) -> str:
-    """Linear(4096→4096), Conv1D(768→2304), Embedding(32000×4096), Conv2d(3→64, 14×14), LayerNorm(4096)."""
-    if isinstance(module, nn.Embedding):
-        return f"{module.num_embeddings}×{module.embedding_dim}"
-    in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
-    if isinstance(in_f, int) and isinstance(out_f, int):
-        return f"{in_f}→{out_f}"
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2 layer: weight (nx, nf)
-        return f"{module.weight.shape[0]}→{module.nf}"
-    if isinstance(module, nn.modules.conv._ConvNd):
-        kernel = "×".join(str(k) for k in module.kernel_size)
-        return f"{module.in_channels}→{module.out_channels}, {kernel}"
-    normalized = getattr(module, "normalized_shape", None)
-    if normalized is not None:
-        return "×".join(str(d) for d in normalized)
-    return ""
+    """'4096→4096' (Linear, Conv1D), '32000×4096' (Embedding), '3→64, 14×14' (Conv2d), '4096' (LayerNorm)."""
+    return _measure(module)[0]
 
 
 def lora_layer_params(module: nn.Module, r: int) -> int:
-    """Parameters LoRA at rank r adds to one layer: r × (fan-in + fan-out) for the layers LoRA wraps.
+    """Parameters plain LoRA at rank r adds to one layer (no bias, no DoRA), as PEFT builds them.
 
-    Linear-like layers (anything with integer in_features/out_features, quantized ones included)
-    and transformers' Conv1D: r·(in+out); Embedding: r·(num+dim); Conv: r·(in·k + out) (lora_A is
-    a conv with the layer's kernel, lora_B a 1×1 conv). Other modules get no LoRA weights: 0.
+    Linear-like layers (integer in_features/out_features: nn.Linear, its subclasses, quantized
+    linears) and transformers' Conv1D (weight shape (in, out)): r·(in + out). Embedding:
+    r·(num_embeddings + embedding_dim). ConvNd: r·in·k + r·out/groups (k = kernel elements).
+    MultiheadAttention: r·6·embed_dim (in_proj and out_proj). Anything else — containers, norms,
+    activations — gets no LoRA weights from PEFT (its dispatch refuses them): 0.
     """
-    if isinstance(module, nn.Embedding):
-        return r * (module.num_embeddings + module.embedding_dim)
-    in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
-    if isinstance(in_f, int) and isinstance(out_f, int):
-        return r * (in_f + out_f)
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        return r * (module.weight.shape[0] + module.nf)
-    if isinstance(module, nn.modules.conv._ConvNd):
-        kernel = 1
-        for k in module.kernel_size:
-            kernel *= k
-        return r * (module.in_channels * kernel // module.groups + module.out_channels)
-    return 0
+    return r * _measure(module)[1]
 
 
-def lora_params(selection, r: int) -> int:
-    """The parameters LoRA at rank `r` adds to the selected modules."""
+def _check_rank(r) -> None:
     from .errors import TargetselError
 
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise TargetselError(f"lora_params(r): r is a positive integer rank, got {r!r}")
-    return sum(lora_layer_params(m, r) for m in selection.modules().values())
+
+
+def lora_params(selection, r: int) -> int:
+    """The parameters LoRA at rank `r` adds to the selected modules (see `lora_layer_params`)."""
+    _check_rank(r)
+    index = selection._index()
+    modules = index.modules
+    return r * sum(_measure(modules[i])[1] for i in selection._mask(index).nonzero().flatten().tolist())
+
+
+# --------------------------------------------------------------------- the summary
+
+
+def _param_sizes(index) -> torch.Tensor:
+    sizes = index._cached.get("display_param_sizes")
+    if sizes is None:
+        sizes = index._cached["display_param_sizes"] = torch.tensor(
+            [p.numel() for p in index.params], dtype=torch.int64)
+    return sizes
+
+
+def _distinct_params(index, mask: torch.Tensor) -> int:
+    """Elements of the distinct parameters registered anywhere inside a selected module's subtree."""
+    if not index.params:
+        return 0
+    covered = mask | index.ancestors_mask(mask)
+    reg_pos, reg_param = index._reg_pos_t(), index._reg_param_t()
+    registered = (index._reg_sign_t() > 0) & covered[reg_pos]  # -1 entries only correct subtree sums
+    used = torch.zeros(len(index.params), dtype=torch.bool)
+    used[reg_param[registered]] = True
+    return int(_param_sizes(index)[used].sum())
 
 
 def summarize(selection) -> Summary:
     index = selection._index()
-    positions = selection._mask().nonzero().flatten().tolist()
+    mask = selection._mask(index)
+    pos_t = mask.nonzero().flatten()
     total, requiring = index.grad_counts()
-    numels = index.param_numels()
-    keyed: dict[tuple, list[int]] = {}
-    for i in positions:
-        module = index.modules[i]
-        t, g = int(total[i]), int(requiring[i])
-        state = "—" if t == 0 else "trainable" if g == t else "frozen" if g == 0 else "mixed"
-        keyed.setdefault((type(module).__name__, shape_of(module), state), []).append(i)
-    rows = []
-    for (cls, shape, state), members in keyed.items():
-        by_name = {index.names[i]: i for i in members}
-        for group in group_names(list(by_name)):
-            rows.append((by_name[group.names[0]], Row(group.pattern, len(group.names), cls, shape, state,
-                                                      int(sum(float(numels[by_name[n]]) for n in group.names)))))
-    rows.sort(key=lambda pair: pair[0])  # model order
+    t, g = total[pos_t], requiring[pos_t]
+    state_t = torch.where(t == 0, 3, torch.where(g == t, 0, torch.where(g == 0, 1, 2)))
+    positions = pos_t.tolist()
+    states = state_t.tolist()
+    numels = index.param_numels()[pos_t].tolist()
+    class_ids = index.class_ids_tensor()[pos_t].tolist()
+    measures = [_measure_for(cls) for cls in index.classes]
+    modules, names = index.modules, index.names
+
+    buckets: dict[tuple, list[int]] = {}  # (class id, shape, state) → offsets into `positions`
+    lora_unit = 0
+    for k, (i, cid, state) in enumerate(zip(positions, class_ids, states)):
+        try:
+            shape, unit = measures[cid](modules[i])
+        except (AttributeError, TypeError, ValueError):
+            shape, unit = "", 0
+        lora_unit += unit
+        key = (cid, shape, state)
+        bucket = buckets.get(key)
+        if bucket is None:
+            buckets[key] = [k]
+        else:
+            bucket.append(k)
+
+    rows: list[tuple[int, Row]] = []
+    for (cid, shape, state), offsets in buckets.items():
+        offset_of = {names[positions[k]]: k for k in offsets}
+        for group in group_names(list(offset_of)):
+            members = [offset_of[n] for n in group.names]
+            rows.append((positions[members[0]], Row(
+                group.pattern, len(members), index.classes[cid].__name__, shape, _STATES[state],
+                int(sum(numels[k] for k in members)))))
+    rows.sort(key=lambda pair: pair[0])  # model order of each row's first module
     return Summary(
         query=selection.query,
         model_class=type(selection.model).__name__,
         selected=len(positions),
         modules=index.size - 1,
-        params=_distinct_params(selection, positions),
-        model_params=int(sum(p.numel() for p in index.params)),
+        params=_distinct_params(index, mask),
+        model_params=int(_param_sizes(index).sum()) if index.params else 0,
         rows=tuple(r for _, r in rows),
+        lora_per_rank=lora_unit,
     )
 
 
-def _distinct_params(selection, positions) -> int:
-    seen: set[int] = set()
-    count = 0
-    index = selection._index()
-    for i in positions:
-        for p in index.modules[i].parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                count += p.numel()
-    return count
-
-
 def summary_rows(selection) -> list[dict]:
+    """The grouped rows as plain data (pattern, count, class, shape, grad_state, params), model order."""
     return [row.to_dict() for row in summarize(selection).rows]
 
 
-# ---------------------------------------------------------------------------- renderers
+# --------------------------------------------------------------------- renderers
 
 
 def _header(s: Summary) -> str:
     return f"Selection({s.query!r}) — {s.selected} of {s.modules} modules of {s.model_class}"
 
 
-def _totals(s: Summary, r: Optional[int], lora: Optional[int]) -> str:
+def _totals(s: Summary, r: Optional[int]) -> str:
     text = f"{s.selected} modules · {human(s.params)} parameters ({s.share:.1%} of {human(s.model_params)})"
-    if r is not None and lora is not None:
-        text += f" · LoRA r={r} adds {human(lora)}"
+    if r:
+        text += f" · LoRA r={r} adds {human(r * s.lora_per_rank)}"
     return text
+
+
+def _more(rest: tuple[Row, ...]) -> str:
+    return f"… {len(rest)} more groups ({sum(r.count for r in rest)} modules)"
 
 
 def _empty_text(selection) -> str:
@@ -171,63 +259,75 @@ def _empty_text(selection) -> str:
     return explain_empty(selection)
 
 
+def _kind(row: Row) -> str:
+    return f"{row.count} × {row.cls}({row.shape})" if row.shape else f"{row.count} × {row.cls}"
+
+
 def render_text(selection, r: Optional[int] = 16, max_rows: int = MAX_ROWS) -> str:
+    """Plain, aligned, no ANSI: header with the query, one line per group, totals."""
+    if r:
+        _check_rank(r)
     s = summarize(selection)
     lines = [_header(s)]
     if not s.rows:
         return "\n".join(lines + ["  " + _empty_text(selection)])
     shown = s.rows[:max_rows]
     width = min(max(len(row.pattern) for row in shown), 72)
-    kinds = [f"{row.count} × {row.cls}({row.shape})" if row.shape else f"{row.count} × {row.cls}" for row in shown]
+    kinds = [_kind(row) for row in shown]
     kind_width = max(len(k) for k in kinds)
     for row, kind in zip(shown, kinds):
         pattern = row.pattern if len(row.pattern) <= width else row.pattern[: width - 1] + "…"
         lines.append(f"  {pattern:<{width}}  {kind:<{kind_width}}  {row.state:<9}  {human(row.params):>6} params")
     if len(s.rows) > max_rows:
-        rest = s.rows[max_rows:]
-        lines.append(f"  … {len(rest)} more groups ({sum(r.count for r in rest)} modules)")
-    lines.append(_totals(s, r, lora_params(selection, r) if r else None))
+        lines.append("  " + _more(s.rows[max_rows:]))
+    lines.append(_totals(s, r))
     return "\n".join(lines)
 
 
-def render_html(selection, r: Optional[int] = 16, max_rows: int = 40) -> str:
+def render_html(selection, r: Optional[int] = 16, max_rows: int = MAX_HTML_ROWS) -> str:
+    """A real <table>: the query as caption, the COLUMNS as <thead>, totals as <tfoot>; all text escaped."""
+    if r:
+        _check_rank(r)
     s = summarize(selection)
     e = html.escape
-    caption = f"<caption style='text-align:left'><code>{e(s.query)}</code> — {s.selected} of {s.modules} modules of {e(s.model_class)}</caption>"
+    caption = (f"<caption style='text-align:left'><code>{e(s.query)}</code> — {s.selected} of {s.modules} "
+               f"modules of {e(s.model_class)}</caption>")
     if not s.rows:
         return f"<table class='targetsel'>{caption}<tbody><tr><td>{e(_empty_text(selection))}</td></tr></tbody></table>"
-    head = "".join(f"<th>{h}</th>" for h in ("group", "count", "class", "shape", "grad state", "parameters"))
+    head = "".join(f"<th>{h}</th>" for h in COLUMNS)
     body = []
     for row in s.rows[:max_rows]:
         body.append(
-            "<tr>" + f"<td style='text-align:left'><code>{e(row.pattern)}</code></td><td>{row.count}</td>"
-            f"<td>{e(row.cls)}</td><td>{e(row.shape)}</td><td>{e(row.state)}</td><td>{human(row.params)}</td>" + "</tr>"
+            f"<tr><td style='text-align:left'><code>{e(row.pattern)}</code></td><td>{row.count}</td>"
+            f"<td>{e(row.cls)}</td><td>{e(row.shape)}</td><td>{e(row.state)}</td><td>{human(row.params)}</td></tr>"
         )
     if len(s.rows) > max_rows:
-        rest = s.rows[max_rows:]
-        body.append(f"<tr><td colspan='6'>… {len(rest)} more groups ({sum(r.count for r in rest)} modules)</td></tr>")
-    foot = f"<tfoot><tr><td colspan='6' style='text-align:left'>{e(_totals(s, r, lora_params(selection, r) if r else None))}</td></tr></tfoot>"
+        body.append(f"<tr><td colspan='{len(COLUMNS)}'>{e(_more(s.rows[max_rows:]))}</td></tr>")
+    foot = f"<tfoot><tr><td colspan='{len(COLUMNS)}' style='text-align:left'>{e(_totals(s, r))}</td></tr></tfoot>"
     return f"<table class='targetsel'>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>{foot}</table>"
 
 
 def render_rich(selection, r: Optional[int] = 16, max_rows: int = MAX_ROWS):
+    """A rich Table (title: the query; caption: totals or why it is empty). Colour only for grad state,
+    which rich drops under NO_COLOR or on a non-terminal."""
+    from rich.markup import escape
     from rich.table import Table
 
+    if r:
+        _check_rank(r)
     s = summarize(selection)
-    table = Table(title=_header(s), title_justify="left", caption=None, show_edge=False)
-    for column, justify in (("group", "left"), ("count", "right"), ("class", "left"), ("shape", "left"),
-                            ("grad state", "left"), ("parameters", "right")):
+    table = Table(title=escape(_header(s)), title_justify="left", show_edge=False, caption_justify="left")
+    for column, justify in zip(COLUMNS, ("left", "right", "left", "left", "left", "right")):
         table.add_column(column, justify=justify, overflow="fold")
     if not s.rows:
-        table.caption = _empty_text(selection)
+        table.caption = escape(_empty_text(selection))
         return table
     style = {"trainable": "green", "frozen": "cyan", "mixed": "yellow"}
     for row in s.rows[:max_rows]:
-        table.add_row(row.pattern, str(row.count), row.cls, row.shape, f"[{style.get(row.state, 'dim')}]{row.state}[/]",
-                      human(row.params))
+        table.add_row(escape(row.pattern), str(row.count), escape(row.cls), escape(row.shape),
+                      f"[{style.get(row.state, 'dim')}]{row.state}[/]", human(row.params))
     if len(s.rows) > max_rows:
         rest = s.rows[max_rows:]
         table.add_row(f"… {len(rest)} more groups", str(sum(x.count for x in rest)), "", "", "", "")
-    table.caption = _totals(s, r, lora_params(selection, r) if r else None)
-    table.caption_justify = "left"
+    table.caption = escape(_totals(s, r))
     return table

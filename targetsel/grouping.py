@@ -93,21 +93,26 @@ def group_names(names: Sequence[str]) -> list[NameGroup]:
     """Groups of `names`, ordered by their first member's position in `names`."""
     order = {n: i for i, n in enumerate(names)}
     by_template: dict[tuple, set] = defaultdict(set)
-    members: dict[tuple, list[str]] = defaultdict(list)
+    members: dict[tuple, list[tuple[str, tuple]]] = defaultdict(list)
     for name in names:
-        template, values = _split(name)
+        template, values = _split(name)  # split once: it dominates the cost at 50k names
         by_template[template].add(values)
-        members[template].append(name)
+        members[template].append((name, values))
 
     # rows: (segments with int sets rendered, literal-segment words per position, member names)
     rows: list[tuple[list, list[str]]] = []
     for template, tuples in by_template.items():
-        for block in _blocks(frozenset(tuples)):
-            inside = [
-                n
-                for n in members[template]
-                if all(v in s for v, s in zip(_split(n)[1], block))
-            ]
+        blocks = _blocks(frozenset(tuples))
+        if len(blocks) == 1:
+            insides = [[n for n, _ in members[template]]]
+        else:  # the blocks are disjoint: each name lands in exactly one
+            insides = [[] for _ in blocks]
+            for n, values in members[template]:
+                for inside, block in zip(insides, blocks):
+                    if all(v in s for v, s in zip(values, block)):
+                        inside.append(n)
+                        break
+        for block, inside in zip(blocks, insides):
             rows.append(([[p] if i_is_literal else p for p, i_is_literal in _tag(template, block)], inside))
 
     # Merge rows that differ in exactly one literal position (same shape otherwise).
@@ -143,10 +148,17 @@ def group_names(names: Sequence[str]) -> list[NameGroup]:
     out = []
     for segs, inside in rows:
         inside.sort(key=order.__getitem__)
+        alternatives = [pos for pos, s in enumerate(segs) if isinstance(s, list) and len(s) > 1]
+        first_seen: dict[int, dict[str, int]] = {pos: {} for pos in alternatives}
+        if alternatives:  # alternatives appear in model order: the first member using each word
+            for n in inside:
+                parts = n.split(".")
+                for pos in alternatives:
+                    first_seen[pos].setdefault(parts[pos], order[n])
         text = ".".join(
-            (_alternation(sorted(s, key=lambda w: min(order[n] for n in inside if w in n.split("."))))
+            (_alternation(sorted(s, key=first_seen[pos].__getitem__) if pos in first_seen else s)
              if isinstance(s, list) else s)
-            for s in segs
+            for pos, s in enumerate(segs)
         )
         out.append(NameGroup(pattern=text, names=tuple(inside)))
     out.sort(key=lambda g: order[g.names[0]])

@@ -52,6 +52,14 @@ def load_model(spec: str, model_class: Optional[str] = None) -> nn.Module:
     )
 
 
+def read_json(path: Path, error: type) -> object:
+    """The JSON in `path`, or `error` saying why it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"cannot read {str(path)!r} as JSON: {exc}") from None
+
+
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return 1 <= len(parts) <= 2 and all(p and all(c.isalnum() or c in "-_." for c in p) for p in parts)
@@ -78,10 +86,7 @@ def _from_config_path(path: Path, model_class: Optional[str]) -> nn.Module:
     config_file = path / "config.json" if path.is_dir() else path
     if not config_file.is_file():
         raise ModelLoadError(f"{str(path)!r} holds no config.json; pass a model directory or its config.json")
-    try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {str(config_file)!r} as JSON: {exc}") from None
+    data = read_json(config_file, ModelLoadError)
     if not isinstance(data, dict) or "model_type" not in data:
         raise ModelLoadError(f"{str(config_file)!r} is not a transformers config: it has no 'model_type'")
     transformers = _transformers()

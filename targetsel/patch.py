@@ -245,16 +245,23 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str]) 
     fields = ", ".join(f"{f}={getattr(config, f)!r}" for f in culprits) or "a field of the config"
     from .grouping import summarize_names
 
-    detail = []
-    if lost:
-        detail.append(f"{len(lost)} selected module(s) would not be targeted: {summarize_names(lost, limit=4)}")
-    if extra:
-        detail.append(f"{len(extra)} unselected module(s) would be targeted: {summarize_names(extra, limit=4)}")
+    detail = _mismatch_detail(lost, extra)
     raise ConfigError(
         f"{type(config).__name__} carries {fields}, which changes what PEFT targets: "
         + "; ".join(detail)
         + ". Remove the field (express it in the selection instead, e.g. - under:NAME) and patch again."
     )
+
+
+def _mismatch_detail(lost: list[str], extra: list[str]) -> list[str]:
+    from .grouping import summarize_names
+
+    detail = []
+    if lost:
+        detail.append(f"{len(lost)} selected module(s) would not be targeted: {summarize_names(lost, limit=4)}")
+    if extra:
+        detail.append(f"{len(extra)} unselected module(s) would be targeted: {summarize_names(extra, limit=4)}")
+    return detail
 
 
 def _raise_if_peft_rewrites(config, selection, value, lost: list[str], extra: list[str]) -> None:
@@ -273,11 +280,7 @@ def _raise_if_peft_rewrites(config, selection, value, lost: list[str], extra: li
     model_type = getattr(getattr(selection.model, "config", None), "model_type", "?")
     shown = after if isinstance(after, str) else sorted(after)[:6]
     params = sorted(getattr(prepared, "target_parameters", None) or [])
-    detail = []
-    if lost:
-        detail.append(f"{len(lost)} selected module(s) would not be targeted: {summarize_names(lost, limit=4)}")
-    if extra:
-        detail.append(f"{len(extra)} unselected module(s) would be targeted: {summarize_names(extra, limit=4)}")
+    detail = _mismatch_detail(lost, extra)
     raise ConfigError(
         f"the installed peft rewrites target_modules for {model_type!r} models before matching (its transformers-5 "
         f"MoE conversion): every exact form targetsel can write becomes {shown!r}"

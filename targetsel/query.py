@@ -184,18 +184,22 @@ class _Parser:
                 close = self.peek_operator()
                 if close and close[0] == ")":
                     self.fail("empty parentheses", start, "put a query inside them, e.g. (linear | leaf)")
-                with self.nested(start):
-                    node = self.parse_or()
-                close = self.peek_operator()
-                if not close or close[0] != ")":
-                    if self.at_end():
-                        self.fail("this '(' is never closed", start, "add a ')' at the end")
-                    self.fail(f"expected ')' or an operator, found {self.describe_next()}", self.pos)
-                self.pos = close[2]
-                return node
+                return self.group(start, "add a ')' at the end")
             where = f" after {self.q[after[1]:after[2]]!r}" if after is not None else ""
             self.fail(f"expected an atom{where}, found {self.q[start:end]!r}", start)
         return self.parse_atom()
+
+    def group(self, open_at: int, hint: str):
+        """The query inside parentheses whose '(' at `open_at` was just read, and its ')'."""
+        with self.nested(open_at):
+            node = self.parse_or()
+        close = self.peek_operator()
+        if not close or close[0] != ")":
+            if self.at_end():
+                self.fail("this '(' is never closed", open_at, hint)
+            self.fail(f"expected ')' or an operator, found {self.describe_next()}", self.pos)
+        self.pos = close[2]
+        return node
 
     def nested(self, start: int):
         parser = self
@@ -337,14 +341,7 @@ class _Parser:
         if self.pos < len(self.q) and self.q[self.pos] == "(":
             open_at = self.pos
             self.pos += 1
-            with self.nested(open_at):
-                inner = self.parse_or()
-            close = self.peek_operator()
-            if not close or close[0] != ")":
-                if self.at_end():
-                    self.fail("this '(' is never closed", open_at, "under:(…) ends with ')'")
-                self.fail(f"expected ')' or an operator, found {self.describe_next()}", self.pos)
-            self.pos = close[2]
+            inner = self.group(open_at, "under:(…) ends with ')'")
             return self.node(N.Under, open_at, of=inner)
         prefix, column = self.value(start, "a module name or (a query)")
         return self.node(N.Under, column, prefix=prefix)
