@@ -22,7 +22,7 @@ from torch import nn
 
 from .grouping import group_names
 
-MAX_ROWS = 12  # text and rich; 40k modules then read in at most 15 lines
+MAX_ROWS = 12  # text and rich: rows, the "… N more groups" line included; 14 lines with header and totals
 MAX_HTML_ROWS = 40  # a notebook table can afford more before it scrolls
 
 COLUMNS = ("group", "count", "class", "shape", "grad state", "parameters")
@@ -253,6 +253,14 @@ def _more(rest: tuple[Row, ...]) -> str:
     return f"… {len(rest)} more groups ({sum(r.count for r in rest)} modules)"
 
 
+def _cut(rows: tuple[Row, ...], max_rows: int) -> tuple[tuple[Row, ...], tuple[Row, ...]]:
+    """(shown, rest): at most `max_rows` lines in all, so a cut leaves one line for '… N more'."""
+    if len(rows) <= max_rows:
+        return rows, ()
+    keep = max(max_rows - 1, 1)
+    return rows[:keep], rows[keep:]
+
+
 def _empty_text(selection) -> str:
     from .diagnose import explain_empty
 
@@ -271,15 +279,15 @@ def render_text(selection, r: Optional[int] = 16, max_rows: int = MAX_ROWS) -> s
     lines = [_header(s)]
     if not s.rows:
         return "\n".join(lines + ["  " + _empty_text(selection)])
-    shown = s.rows[:max_rows]
+    shown, rest = _cut(s.rows, max_rows)
     width = min(max(len(row.pattern) for row in shown), 72)
     kinds = [_kind(row) for row in shown]
     kind_width = max(len(k) for k in kinds)
     for row, kind in zip(shown, kinds):
         pattern = row.pattern if len(row.pattern) <= width else row.pattern[: width - 1] + "…"
         lines.append(f"  {pattern:<{width}}  {kind:<{kind_width}}  {row.state:<9}  {human(row.params):>6} params")
-    if len(s.rows) > max_rows:
-        lines.append("  " + _more(s.rows[max_rows:]))
+    if rest:
+        lines.append("  " + _more(rest))
     lines.append(_totals(s, r))
     return "\n".join(lines)
 
@@ -296,13 +304,14 @@ def render_html(selection, r: Optional[int] = 16, max_rows: int = MAX_HTML_ROWS)
         return f"<table class='targetsel'>{caption}<tbody><tr><td>{e(_empty_text(selection))}</td></tr></tbody></table>"
     head = "".join(f"<th>{h}</th>" for h in COLUMNS)
     body = []
-    for row in s.rows[:max_rows]:
+    shown, rest = _cut(s.rows, max_rows)
+    for row in shown:
         body.append(
             f"<tr><td style='text-align:left'><code>{e(row.pattern)}</code></td><td>{row.count}</td>"
             f"<td>{e(row.cls)}</td><td>{e(row.shape)}</td><td>{e(row.state)}</td><td>{human(row.params)}</td></tr>"
         )
-    if len(s.rows) > max_rows:
-        body.append(f"<tr><td colspan='{len(COLUMNS)}'>{e(_more(s.rows[max_rows:]))}</td></tr>")
+    if rest:
+        body.append(f"<tr><td colspan='{len(COLUMNS)}'>{e(_more(rest))}</td></tr>")
     foot = f"<tfoot><tr><td colspan='{len(COLUMNS)}' style='text-align:left'>{e(_totals(s, r))}</td></tr></tfoot>"
     return f"<table class='targetsel'>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>{foot}</table>"
 
@@ -323,11 +332,11 @@ def render_rich(selection, r: Optional[int] = 16, max_rows: int = MAX_ROWS):
         table.caption = escape(_empty_text(selection))
         return table
     style = {"trainable": "green", "frozen": "cyan", "mixed": "yellow"}
-    for row in s.rows[:max_rows]:
+    shown, rest = _cut(s.rows, max_rows)
+    for row in shown:
         table.add_row(escape(row.pattern), str(row.count), escape(row.cls), escape(row.shape),
                       f"[{style.get(row.state, 'dim')}]{row.state}[/]", human(row.params))
-    if len(s.rows) > max_rows:
-        rest = s.rows[max_rows:]
+    if rest:
         table.add_row(f"… {len(rest)} more groups", str(sum(x.count for x in rest)), "", "", "", "")
     table.caption = escape(_totals(s, r))
     return table

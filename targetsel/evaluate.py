@@ -13,7 +13,7 @@ import torch
 
 from . import nodes as N
 from .errors import TargetselError, UnknownNameError, did_you_mean
-from .index import QUANTIZED_LINEAR_NAMES, ModelIndex
+from .index import QUANTIZED_LINEAR_NAMES, ModelIndex, single_threaded
 from .patterns import compile_glob, search_names
 
 
@@ -286,6 +286,7 @@ _HANDLERS = {
 }
 
 
+@single_threaded
 def select_mask(node, index: ModelIndex) -> torch.Tensor:
     ctx = EvalContext(index)
     return evaluate(node, ctx, index.universe())

@@ -13,9 +13,11 @@ model's structure (about 5% of a walk) and rebuilds only if it really changed.
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -23,6 +25,31 @@ import torch
 from torch import nn
 
 from .errors import NotAModuleError
+
+
+@contextmanager
+def _one_thread():
+    # The index's tensors are small (one entry per module); torch's intra-op thread pool only adds
+    # overhead to them, and on a busy machine its spinning workers made a first query 4× slower
+    # (benchmarks/). So targetsel's own tensor work runs on the calling thread.
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def single_threaded(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _one_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 _generation = itertools.count(1)
 _current_generation = 0
@@ -151,6 +178,7 @@ class ModelIndex:
         return self.ancestors_mask(mask)
 
     # ------------------------------------------------------------------ parameters
+    @single_threaded
     def subtree_sum(self, per_param: torch.Tensor) -> torch.Tensor:
         """For each module, the sum of `per_param` over the distinct parameters it uses (its subtree)."""
         weights = per_param.to(torch.float64)[self._reg_param_t()] * self._reg_sign_t()
@@ -216,6 +244,7 @@ class ModelIndex:
                     self._cached["head"] = self._position_of.get(id(head)) or None
         return self._cached["head"]
 
+    @single_threaded
     def block_info(self) -> tuple[list[int], list[int], list[int]]:
         """Per module: (container position, block index, container length), or -1s outside any block.
 
@@ -308,6 +337,7 @@ def _lca(parents: list[int], depth: list[int], a: int, b: int) -> int:
     return a
 
 
+@single_threaded
 def build_index(model: nn.Module) -> ModelIndex:
     """Walk the model once, replicating `named_modules()` order and de-duplication exactly."""
     # The walk allocates ~10 objects per module; on 60k-module models the cyclic GC would run
