@@ -14,7 +14,7 @@ import torch
 from . import nodes as N
 from .errors import TargetselError, UnknownNameError, did_you_mean
 from .index import QUANTIZED_LINEAR_NAMES, ModelIndex, single_threaded
-from .patterns import compile_glob, search_names
+from .patterns import compile_glob, glob_literal, search_names
 
 
 class EvalContext:
@@ -176,6 +176,9 @@ def _glob(node: N.Glob, ctx, domain):
     index = ctx.index
     full = compile_glob(node.pattern).fullmatch
     names = index.names
+    literal = glob_literal(node.pattern)
+    if literal:
+        return _from_indices(index, [i for i in _indices(domain) if literal in names[i] and full(names[i])])
     return _from_indices(index, [i for i in _indices(domain) if full(names[i])])
 
 

@@ -123,6 +123,8 @@ def glob_to_regex(pattern: str) -> str:
             raise PatternError(f"glob {pattern!r}: empty segment (two dots in a row, or a leading/trailing dot)")
         if "**" in seg and seg != "**":
             raise PatternError(f"glob {pattern!r}: '**' must be a whole segment, as in 'a.**.b'")
+    # `**.**` means what `**` means; collapsing also keeps the separator rule below simple.
+    segments = [seg for k, seg in enumerate(segments) if not (seg == "**" and k and segments[k - 1] == "**")]
     if segments == ["**"]:
         return "[^.]+(?:\\.[^.]+)*"
     out = []
@@ -156,3 +158,25 @@ def _split_top_level_dots(pattern: str) -> list[str]:
 @functools.lru_cache(maxsize=512)
 def compile_glob(pattern: str) -> "regex.Pattern[str]":
     return regex.compile(glob_to_regex(pattern))
+
+
+@functools.lru_cache(maxsize=512)
+def glob_literal(pattern: str) -> str:
+    """The longest run of plain characters every name the glob matches must contain ('' if none).
+
+    A substring test costs a tenth of a regex call, so globs scan 60k names by this first and run
+    the regex only on the names that contain it (`**.experts.*.down_proj` → `down_proj`).
+    """
+    runs, depth, current = [], 0, []
+    for c in pattern:
+        if c in "{[":
+            depth += 1
+        if depth or c in "*?.}]":
+            runs.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+        if c in "}]":
+            depth -= 1
+    runs.append("".join(current))
+    return max(runs, key=len)

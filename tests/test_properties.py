@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-from hypothesis import given, note
+from hypothesis import assume, given, note
 from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import check_target_module_exists
@@ -168,3 +168,50 @@ def test_patch_then_get_peft_model_wraps_exactly_the_selection(data):
         assert verify(model, config) == names
         peft_model = get_peft_model(model, config)
     assert models.wrapped_names(peft_model) == names
+
+
+# ---------------------------------------------------------------- globs
+# A glob is drawn as pieces, each rendered twice: as glob text and as text of a name it matches.
+PIECE_TEXT = st.text(alphabet="qkv_proj01", max_size=4)
+pieces = st.one_of(
+    st.text(alphabet="qkv_proj01", min_size=1, max_size=5).map(lambda s: (s, st.just(s))),
+    st.just(("*", PIECE_TEXT)),
+    st.just(("?", st.sampled_from("qk_0"))),
+    st.just(("[qk]", st.sampled_from("qk"))),
+    st.just(("{q,k_v}", st.sampled_from(["q", "k_v"]))),
+    st.tuples(st.integers(0, 12), st.integers(0, 12)).map(sorted).map(
+        lambda r: (f"{{{r[0]}..{r[1]}}}", st.integers(r[0], r[1]).map(str))),
+)
+SEGMENT = st.text(alphabet="qkv_proj01", min_size=1, max_size=4)
+
+
+@st.composite
+def globs_with_a_match(draw):
+    glob_segments, name_segments = [], []
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.integers(0, 4)) == 0:
+            glob_segments.append("**")
+            name_segments += draw(st.lists(SEGMENT, max_size=2))
+            continue
+        drawn = draw(st.lists(pieces, min_size=1, max_size=3))
+        assume("**" not in "".join(g for g, _ in drawn))  # '**' is only valid as a whole segment
+        glob_segments.append("".join(g for g, _ in drawn))
+        name_segments.append("".join(draw(text) for _, text in drawn))
+    glob = ".".join(glob_segments)
+    name = ".".join(name_segments)
+    return glob, name
+
+
+@given(globs_with_a_match(), st.lists(st.lists(SEGMENT, min_size=1, max_size=4).map(".".join), max_size=8))
+def test_glob_literal_prefilter_never_drops_a_match(glob_and_name, others):
+    from targetsel.patterns import compile_glob, glob_literal
+
+    glob, name = glob_and_name
+    full = compile_glob(glob).fullmatch
+    literal = glob_literal(glob)
+    # empty segments ('**' matching nothing, '*' matching '') make some drawn names invalid
+    if name and "" not in name.split("."):
+        assert full(name), (glob, name)
+    for candidate in [name, *others]:
+        if full(candidate):
+            assert literal in candidate, (glob, literal, candidate)
