@@ -13,7 +13,7 @@ import torch
 
 from . import nodes as N
 from .errors import TargetselError, UnknownNameError, did_you_mean
-from .index import QUANTIZED_LINEAR_NAMES, ModelIndex, single_threaded
+from .index import QUANTIZED_LINEAR_NAMES, ModelIndex, callers_threads, single_threaded
 from .patterns import compile_glob, glob_literal, search_names
 
 
@@ -261,15 +261,16 @@ def _where(node: N.Where, ctx, domain):
     index = ctx.index
     fn: Callable = node.fn
     kept = []
-    for i in _indices(domain):
-        try:
-            ok = fn(index.names[i], index.modules[i])
-        except Exception as exc:
-            raise TargetselError(
-                f"where({node.label}) raised {type(exc).__name__}: {exc} on module {index.names[i]!r}"
-            ) from exc
-        if ok:
-            kept.append(i)
+    with callers_threads():
+        for i in _indices(domain):
+            try:
+                ok = fn(index.names[i], index.modules[i])
+            except Exception as exc:
+                raise TargetselError(
+                    f"where({node.label}) raised {type(exc).__name__}: {exc} on module {index.names[i]!r}"
+                ) from exc
+            if ok:
+                kept.append(i)
     return _from_indices(index, kept)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
+import threading
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ import torch
 from torch import nn
 
 from .errors import NotAModuleError
+
+
+# The thread count the caller had, while targetsel runs single-threaded (0: not inside).
+_callers_threads = threading.local()
 
 
 @contextmanager
@@ -37,10 +42,26 @@ def _one_thread():
         yield
         return
     torch.set_num_threads(1)
+    outer, _callers_threads.n = getattr(_callers_threads, "n", 0), n
     try:
         yield
     finally:
+        _callers_threads.n = outer
         torch.set_num_threads(n)
+
+
+@contextmanager
+def callers_threads():
+    """Give user code (`.where(fn)`) back the thread count its caller had: fn may do real tensor work."""
+    n = getattr(_callers_threads, "n", 0)
+    if not n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
 
 
 def single_threaded(fn):
@@ -50,6 +71,7 @@ def single_threaded(fn):
             return fn(*args, **kwargs)
 
     return wrapper
+
 
 _generation = itertools.count(1)
 _current_generation = 0

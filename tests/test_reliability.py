@@ -166,3 +166,50 @@ def test_same_selector_same_answer_within_a_process():
     first = [select(model, q).to_peft("auto") for q in ("linear & trainable & leaf", "glob:**.fc1")]
     again = [select(models.demo(), q).to_peft("auto") for q in ("linear & trainable & leaf", "glob:**.fc1")]
     assert first == again
+
+
+# ---------------------------------------------------------------- torch's thread setting
+# targetsel runs its own small-tensor work on one thread (benchmarks/), so it must hand the
+# caller's setting back after every call, failed ones included, and to user callables meanwhile.
+THREAD_CALLS = [
+    ("query", lambda m: select(m, "linear & trainable & layers:-2..").names(), None),
+    ("fresh-index", lambda m: (ts.index.forget(m), select(m).glob("**.fc1").names()), None),
+    ("display", lambda m: str(select(m, "linear")), None),
+    ("failing-where", lambda m: select(m).where(lambda n, mod: 1 / 0).names(), ts.TargetselError),
+    ("unknown-container", lambda m: select(m, "layers:0@nowhere").names(), ts.UnknownNameError),
+    ("patch", lambda m: patch(LoraConfig(), select(m, "linear & trainable & leaf - under:(type:PLoRA)")), None),
+]
+
+
+@pytest.mark.parametrize("case", THREAD_CALLS, ids=[c[0] for c in THREAD_CALLS])
+def test_torch_thread_count_is_restored(case):
+    _, call, error = case
+    model = models.demo()
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if error is None:
+                call(model)
+            else:
+                with pytest.raises(error):
+                    call(model)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_where_callables_run_with_the_callers_threads():
+    model = models.demo()
+    seen = set()
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        # a where() inside another where(): each runs with the caller's setting
+        inner = lambda n, m: seen.add(torch.get_num_threads()) or True  # noqa: E731
+        outer = lambda n, m: seen.add(torch.get_num_threads()) or bool(select(m).where(inner).names()) or True  # noqa: E731
+        select(model).linear().where(outer).names()
+        assert seen == {3} and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
