@@ -224,18 +224,33 @@ def verdict(value, target, smaller=True) -> str:
     return "✓" if (value <= target if smaller else value >= target) else "✗"
 
 
+TARGET_SIZE = 60_000  # the issue sets P1, P2 and P4 for a ≈63k-module per-expert MoE
+
+
 def table(result: dict) -> str:
     lines = [
-        "| model | modules | walk (s) | P1 first query | P2 further query | P3 chars (PEFT condensed / full list) | P4 verify | index MiB / 100k modules |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| model | modules | walk (ms) | P1 first query | P1 (ms) | P2 further query | P3 chars (PEFT condensed / full list) | P4 verify | index MiB / 100k modules |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in result["rows"]:
+        # ✓/✗ only where a target is set: below ~10k modules a walk takes about a millisecond and
+        # a query's fixed cost (parse, a dozen small tensors) is a large share of it.
+        judged = r["modules"] >= TARGET_SIZE
+
+        def mark(key):
+            return " " + verdict(r[key], TARGETS[key]) if judged else ""
+
         p3 = f"{r['P3_chars']} {verdict(r['P3_chars'], TARGETS['P3'])}{'' if r.get('P3_exact') else ' NOT EXACT'} ({r.get('P3_peft_chars')} / {r['P3_full_list_chars']})" if "P3_chars" in r else "–"
-        p4 = f"{r['P4']:.2f}× {verdict(r['P4'], TARGETS['P4'])}" if "P4" in r else "–"
+        p4 = f"{r['P4']:.2f}×{mark('P4')}" if "P4" in r else "–"
         lines.append(
-            f"| {r['model']} | {r['modules']:,} | {r['walk_s']:.4f} | {r['P1']:.2f}× {verdict(r['P1'], TARGETS['P1'])} | "
-            f"{r['P2']:.3f}× {verdict(r['P2'], TARGETS['P2'])} | {p3} | {p4} | {r['index_MiB_per_100k']:.1f} |"
+            f"| {r['model']} | {r['modules']:,} | {r['walk_s'] * 1e3:.2f} | {r['P1']:.2f}×{mark('P1')} | {r['P1'] * r['walk_s'] * 1e3:.2f} | "
+            f"{r['P2']:.3f}×{mark('P2')} | {p3} | {p4} | {r['index_MiB_per_100k']:.1f} |"
         )
+    moe = [r for r in result["rows"] if r["model"].startswith("per-expert")]
+    if len(moe) > 1:
+        per = ", ".join(f"{r['P1'] * r['walk_s'] / r['modules'] * 1e6:.2f} µs ({r['modules']:,} modules)" for r in moe)
+        walks = ", ".join(f"{r['walk_s'] / r['modules'] * 1e6:.2f}" for r in moe)
+        lines += ["", f"Growth (≈ linear): a first query costs per module {per}; the walk itself {walks} µs."]
     if "p5" in result:
         p = result["p5"]
         lines += [
@@ -275,8 +290,8 @@ def main(argv=None) -> int:
             f"Measured {time.strftime('%Y-%m-%d')} on {environment()}.\n\n"
             "Reproduce: `python benchmarks/bench.py` (about two minutes; `--quick` for the smallest size).\n"
             "Ratios are best-of-N timings against one bare `named_modules()` + `named_parameters()` walk of the\n"
-            "same model, measured in the same process. Targets: P1 ≤ 1.3×, P2 ≤ 0.1×, P3 ≤ 200 characters and exact,\n"
-            "P4 ≤ 1×, P5 ≤ 1.02×. P3 is the compiled `target_modules` for \"routed experts of layers 30–60\"\n"
+            "same model, measured in the same process. Targets (set for the 63k-module model, judged ✓/✗ on that row):\n"
+            "P1 ≤ 1.3×, P2 ≤ 0.1×, P3 ≤ 200 characters and exact (every row), P4 ≤ 1×, P5 ≤ 1.02×. P3 is the compiled `target_modules` for \"routed experts of layers 30–60\"\n"
             f"(`{ROUTED_QUERY}`), next to PEFT's own condensation of the full-name list (`_find_minimal_target_modules`).\n\n"
             + text + "\n"
         )
