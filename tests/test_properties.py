@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
@@ -215,3 +216,25 @@ def test_glob_literal_prefilter_never_drops_a_match(glob_and_name, others):
     for candidate in [name, *others]:
         if full(candidate):
             assert literal in candidate, (glob, literal, candidate)
+
+
+@pytest.mark.parametrize("glob, names", [
+    ("**.**", ["fc1", "a.fc1", "a.b.c"]),
+    ("**.**.fc1", ["fc1", "a.fc1", "a.b.fc1"]),
+    ("a.**.**.fc1", ["a.fc1", "a.b.fc1", "a.b.c.fc1"]),
+    ("**.**.**", ["fc1", "a.b.c.d"]),
+])
+def test_regression_repeated_doublestar_glob(glob, names):
+    """Found by test_glob_literal_prefilter_never_drops_a_match: `**.**` used to match no name."""
+    model = nn.Module()
+    for name in names:
+        parent = model
+        *path, leaf = name.split(".")
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(leaf, nn.Linear(2, 2, device="meta"))
+    single = glob.replace("**.**.", "**.").replace("**.**", "**").replace("**.**", "**")
+    assert select(model).glob(glob).names() == select(model).glob(single).names()
+    assert set(names) <= set(select(model).glob(glob).names())
