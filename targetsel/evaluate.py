@@ -176,10 +176,8 @@ def _glob(node: N.Glob, ctx, domain):
     index = ctx.index
     full = compile_glob(node.pattern).fullmatch
     names = index.names
-    literal = glob_literal(node.pattern)
-    if literal:
-        return _from_indices(index, [i for i in _indices(domain) if literal in names[i] and full(names[i])])
-    return _from_indices(index, [i for i in _indices(domain) if full(names[i])])
+    literal = glob_literal(node.pattern)  # '' for globs without one: `'' in name` always holds
+    return _from_indices(index, [i for i in _indices(domain) if literal in names[i] and full(names[i])])
 
 
 def _under(node: N.Under, ctx, domain):
