@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import nodes as N
 from .errors import UnknownNameError, closest
-from .evaluate import EvalContext, class_matches, evaluate, under_roots
+from .evaluate import EvalContext, evaluate, under_roots
 
 
 @dataclass(frozen=True)

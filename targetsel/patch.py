@@ -243,8 +243,6 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str]) 
     if not culprits:
         _raise_if_peft_rewrites(config, selection, value, lost, extra)
     fields = ", ".join(f"{f}={getattr(config, f)!r}" for f in culprits) or "a field of the config"
-    from .grouping import summarize_names
-
     detail = _mismatch_detail(lost, extra)
     raise ConfigError(
         f"{type(config).__name__} carries {fields}, which changes what PEFT targets: "
@@ -266,7 +264,6 @@ def _mismatch_detail(lost: list[str], extra: list[str]) -> list[str]:
 
 def _raise_if_peft_rewrites(config, selection, value, lost: list[str], extra: list[str]) -> None:
     """PEFT rewrites the targets itself before matching (transformers-5 MoE conversion): say so."""
-    from .grouping import summarize_names
     from .verify import prepare_config
 
     try:

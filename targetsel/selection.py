@@ -14,13 +14,7 @@ import torch
 from torch import nn
 
 from . import nodes as N
-from .errors import (
-    EmptySelectionError,
-    ModelMismatchError,
-    PatternError,
-    SelectionError,
-    TargetselError,
-)
+from .errors import ModelMismatchError, SelectionError, TargetselError
 from .evaluate import check_against_model, select_mask
 from .index import ModelIndex, get_index
 

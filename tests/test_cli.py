@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 import models
-import targetsel as ts
 from targetsel import cli, select, verify
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "PYTHONHASHSEED": "0"}

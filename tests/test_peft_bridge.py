@@ -8,7 +8,6 @@ import json
 import warnings
 
 import pytest
-import torch
 from peft import IA3Config, LoraConfig, get_peft_model
 from peft.utils.other import get_pattern_key
 from torch import nn

@@ -16,7 +16,7 @@ from torch import nn
 
 import models
 import targetsel as ts
-from targetsel import check, check_lock, parse, patch, select, verify
+from targetsel import check, check_lock, patch, select, verify
 
 # ---------------------------------------------------------------------------- regex safety
 
