@@ -72,6 +72,18 @@ class ConfigError(TargetselError, ValueError):
     """The PEFT config given to `patch()` / `verify()` cannot be honoured exactly."""
 
 
+class PeftRejectionError(ConfigError):
+    """A real `get_peft_model` would raise on this config and model. `.peft_error` is PEFT's own
+    exception type and message (`"ValueError: …"`)."""
+
+    def __init__(self, message: str, peft_error: str = ""):
+        super().__init__(message)
+        self.peft_error = peft_error
+
+    def __reduce__(self):  # keep pickling (multiprocessing, pytest-xdist) working
+        return (type(self), (str(self), self.peft_error))
+
+
 class ModulesToSaveOverlapError(PreflightError, ConfigError):
     """Selected modules are also named by the config's `modules_to_save`; PEFT would skip them silently."""
 

@@ -6,11 +6,19 @@ import copy
 import dataclasses
 from typing import Any
 
-from .errors import ConfigError, TargetselError
+from .errors import ConfigError, PeftRejectionError, SelectionError, TargetselError
 
 # Config fields that can change which modules PEFT targets, besides target_modules itself. Fields
 # that only make sense together (layers_pattern needs layers_to_transform) are cleared together.
-MATCH_CHANGING_FIELDS = (("exclude_modules",), ("modules_to_save",), ("layers_to_transform", "layers_pattern"))
+MATCH_CHANGING_FIELDS = (
+    ("exclude_modules",),
+    ("modules_to_save",),
+    ("layers_to_transform", "layers_pattern"),
+    ("layer_replication",),
+    ("ensure_weight_tying",),
+    ("trainable_token_indices",),
+    ("target_parameters",),
+)
 
 
 def nested_pairs(selection) -> list[tuple[str, str]]:
@@ -48,7 +56,7 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
     """
     from .parameters import ParameterSelection
     from .selection import Selection
-    from .verify import require_peft_config, verify
+    from .verify import dry_run, require_peft_config
 
     require_peft_config(config)
     if isinstance(selection, ParameterSelection):
@@ -73,36 +81,86 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
     skipped = {n for f in downgraded if f.code == "modules-to-save-overlap" for n in f.modules}
     expected = [n for n in names if n not in skipped]
     # "auto" tries the shortest exact form first, then the others: PEFT may rewrite targets before
-    # matching (its transformers-5 MoE conversion turns a regex into bare leaf names), and a form
-    # that survives that is still exact. An explicit form is taken as asked, or refused.
+    # matching (its transformers-5 MoE conversion turns a regex into bare leaf names) or refuse a
+    # form with another field (a regex beside layers_to_transform), and a form that survives is
+    # still exact. An explicit form is taken as asked, or refused.
     forms = [form] if form != "auto" else ["auto", *(f for f in ("list", "suffixes", "regex") if _form_exists(selection, f))]
-    tried = []
+    tried: list[tuple[Any, Any]] = []  # (value, Injection or the ConfigError building the config raised)
+    new = None
     for candidate in forms:
-        value = selection.to_peft(candidate)
+        try:
+            value = selection.to_peft(candidate, check_peft=False)
+        except SelectionError:
+            continue
         if any(value == v for v, _ in tried):
             continue
         changes = dict(patterns)
         if getattr(config, "feedforward_modules", None):  # IA³: which targets scale inputs, kept exact too
             value, changes["feedforward_modules"] = _feedforward(config, selection, names, value)
-        new = _new_config(config, target_modules=value, **changes)
-        got = verify(selection.model, new)
-        if got == expected:
+        try:
+            candidate_config = _new_config(config, target_modules=value, **changes)
+        except ConfigError as exc:
+            tried.append((value, exc))
+            continue
+        outcome = dry_run(selection.model, candidate_config)
+        if outcome.error is None and list(outcome.modules) == expected and not _new_parameters(config, outcome):
+            new = candidate_config
             break
-        tried.append((value, got))
-    else:
-        value, got = tried[0]
-        _raise_mismatch(config, selection, value, names, got)
+        tried.append((value, outcome))
+    if new is None:
+        _raise_no_exact_form(config, selection, names, tried)
     from .audit import remember
 
     remember(selection, names)  # so audit() can compare after get_peft_model has rewritten the tree
     return new
 
 
+def _new_parameters(config: Any, outcome) -> bool:
+    """Did PEFT adapt parameters the config did not ask for (targets moved by its MoE conversion)?"""
+    asked = set(getattr(config, "target_parameters", None) or ())
+    return any(not any(p == a or p.endswith("." + a) for a in asked) for p in outcome.parameters)
+
+
+def _raise_no_exact_form(config, selection, names: list[str], tried: list) -> None:
+    """No form is exact: say why, naming the config field, PEFT's rewriting or PEFT's own error."""
+    from .injection import Injection
+
+    outcomes = [(v, o) for v, o in tried if isinstance(o, Injection)]
+    if not outcomes:
+        raise tried[0][1] if tried else ConfigError("no target form could be compiled for this selection")
+    value, outcome = outcomes[0]
+    if all(o.error is not None for _, o in outcomes):
+        raise PeftRejectionError(
+            f"get_peft_model would raise on every target form targetsel can write for this selection of "
+            f"{type(selection.model).__name__} (e.g. target_modules={_short(value)}): {outcome.error}. "
+            + _fix_for_peft_error(outcome.error),
+            outcome.error,
+        )
+    value, outcome = next((v, o) for v, o in outcomes if o.error is None)
+    _raise_mismatch(config, selection, value, names, list(outcome.modules), outcome)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def _fix_for_peft_error(error: str) -> str:
+    if "incompatible with Mamba" in error:
+        return "Leave those modules out (e.g. - glob:**.out_proj - glob:**.conv1d) and patch again."
+    if "Cannot convert PEFT target" in error:
+        return ("PEFT's transformers-5 MoE conversion reads these targets as expert projections; leave them out, or "
+                "target the fused experts with .parameters().")
+    if "is not supported" in error:
+        return "Keep the layers the method wraps: add .linear() (& linear in a query)."
+    return "Change the selection or the config so that PEFT accepts it."
+
+
 def _form_exists(selection, form: str) -> bool:
     from .errors import SelectionError
 
     try:
-        selection.to_peft(form)
+        selection.to_peft(form, check_peft=False)
     except SelectionError:
         return False
     return True
@@ -223,8 +281,8 @@ def _label(key) -> str:
     return repr(key) if isinstance(key, str) else repr(getattr(key, "query", key))
 
 
-def _raise_mismatch(config, selection, value, names: list[str], got: list[str]) -> None:
-    from .verify import verify
+def _raise_mismatch(config, selection, value, names: list[str], got: list[str], outcome=None) -> None:
+    from .verify import dry_run
 
     wanted, seen = set(names), set(got)
     lost = [n for n in names if n not in seen]
@@ -235,10 +293,11 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str]) 
         if not present:
             continue
         try:
-            cleared = _new_config(config, target_modules=value, **{f: None for f in present})
+            cleared = _new_config(config, target_modules=value, **{f: (False if f == "ensure_weight_tying" else None) for f in present})
         except ConfigError:
             continue
-        if verify(selection.model, cleared) != got:
+        again = dry_run(selection.model, cleared)
+        if again.error is not None or list(again.modules) != got:
             culprits.extend(present)
     if not culprits:
         _raise_if_peft_rewrites(config, selection, value, lost, extra)

@@ -1,0 +1,243 @@
+"""What a real `get_peft_model` adapts — found by running it on a skeleton of the model.
+
+The skeleton is a structural copy: every module is a new instance of the same class with the same
+attributes, every parameter and buffer an empty tensor of the same shape on the meta device, tied
+parameters and shared modules still shared, transformers configs deep-copied. PEFT's own
+`get_peft_model(skeleton, config, low_cpu_mem_usage=True)` then runs every rule of the installed
+version — its transformers-5 MoE conversion, the Mamba guard, `"all-linear"`, list condensation,
+`layer_replication`, `ensure_weight_tying`, `trainable_token_indices`, `modules_to_save` and the
+task-type defaults, `target_parameters` — and the result is read off the adapted skeleton. The
+user's model is never touched: nothing PEFT does to the skeleton reaches it.
+
+The reload check saves the config as PEFT saves it (`PeftConfig.save_pretrained`), reads it back
+(`PeftConfig.from_pretrained`), injects it into a second skeleton as `PeftModel.from_pretrained`
+does, and compares what is adapted and the adapter's state-dict keys.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Injection:
+    """What `get_peft_model(model, config)` adapts (names relative to the base model, model order).
+
+    `modules`: modules wrapped by the method's tuner layers through `target_modules`;
+    `parameters`: parameters adapted through `target_parameters` (`module.param`);
+    `saved`: modules wrapped by `modules_to_save` (trained in full); `tokens`: embeddings given
+    trainable-token layers; `target_modules` / `target_parameters`: the config's targets as PEFT
+    matched them, after its own rewriting; `error`: what `get_peft_model` raises (`"ValueError: …"`),
+    None when it succeeds; `reloads`: after a save + reload of the adapter, the same modules and
+    parameters are adapted and every saved key has a place (None when not checked); `how`:
+    `"peft"` (a real injection into a skeleton) or `"fast"` (targetsel's O(N) path, proven equal).
+    """
+
+    modules: tuple[str, ...] = ()
+    parameters: tuple[str, ...] = ()
+    saved: tuple[str, ...] = ()
+    tokens: tuple[str, ...] = ()
+    target_modules: Any = None
+    target_parameters: tuple[str, ...] = ()
+    error: Optional[str] = None
+    reloads: Optional[bool] = None
+    how: str = "peft"
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def same_outcome(self, other: "Injection") -> bool:
+        """Same adapted modules, parameters, wrappers and the same raise-or-not (messages may differ)."""
+        return (
+            (self.error is None) == (other.error is None)
+            and (self.error is not None or (
+                self.modules == other.modules and self.parameters == other.parameters
+                and self.saved == other.saved and self.tokens == other.tokens
+            ))
+        )
+
+
+# ---------------------------------------------------------------------------- the skeleton
+
+
+def _meta_tensor(t: torch.Tensor, memo: dict) -> torch.Tensor:
+    hit = memo.get(id(t))
+    if hit is None:
+        empty = torch.empty(tuple(t.shape), dtype=t.dtype, device="meta")
+        if isinstance(t, nn.Parameter):
+            grad_ok = t.dtype.is_floating_point or t.dtype.is_complex
+            hit = nn.Parameter(empty, requires_grad=bool(t.requires_grad and grad_ok))
+        else:
+            hit = empty
+        memo[id(t)] = hit
+    return hit
+
+
+def _copy_value(value: Any, memo: dict) -> Any:
+    if isinstance(value, nn.Module):
+        return _copy_module(value, memo)
+    if isinstance(value, torch.Tensor):
+        return _meta_tensor(value, memo)
+    # Hook tables, buffer-name sets and the like: a fresh container, so registering on the skeleton
+    # never registers on the model.
+    if type(value) in (dict, list, set, collections.OrderedDict):
+        return copy.copy(value)
+    if _is_transformers_config(value):  # PEFT writes into model.config (pretraining_tp, layer counts)
+        hit = memo.get(id(value))
+        if hit is None:
+            hit = memo[id(value)] = copy.deepcopy(value)
+        return hit
+    return value
+
+
+def _is_transformers_config(value: Any) -> bool:
+    return any(c.__name__ == "PreTrainedConfig" or c.__name__ == "PretrainedConfig" for c in type(value).__mro__)
+
+
+def _copy_module(module: nn.Module, memo: dict) -> nn.Module:
+    hit = memo.get(id(module))
+    if hit is not None:
+        return hit
+    new = module.__class__.__new__(module.__class__)
+    memo[id(module)] = new
+    state = {}
+    for key, value in module.__dict__.items():
+        if key == "_modules":
+            state[key] = {k: (None if v is None else _copy_module(v, memo)) for k, v in value.items()}
+        elif key in ("_parameters", "_buffers"):
+            state[key] = {k: (None if v is None else _meta_tensor(v, memo)) for k, v in value.items()}
+        else:
+            state[key] = _copy_value(value, memo)
+    object.__setattr__(new, "__dict__", state)
+    return new
+
+
+def skeleton(model: nn.Module) -> nn.Module:
+    """A structural copy of `model` on the meta device that shares nothing PEFT can change."""
+    return _copy_module(model, {})
+
+
+# ---------------------------------------------------------------------------- running PEFT
+
+
+def _inject(model: nn.Module, config: Any):
+    """`get_peft_model` on a skeleton: (peft_model or None, "Type: message" or None, warnings)."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            peft_model = get_peft_model(skeleton(model), copy.deepcopy(config), low_cpu_mem_usage=True)
+        except Exception as exc:  # whatever PEFT raises is the answer, not a failure of ours
+            return None, f"{type(exc).__name__}: {exc}", _texts(caught)
+    return peft_model, None, _texts(caught)
+
+
+def _texts(caught) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(str(w.message) for w in caught))
+
+
+def _base(peft_model) -> nn.Module:
+    return peft_model.base_model.model
+
+
+def read_adapted(base: nn.Module) -> dict[str, tuple[str, ...]]:
+    """modules / parameters / saved / tokens of an adapted model, read from its structure."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
+
+    modules, parameters, saved, tokens = [], [], [], []
+    tuner_prefixes: list[str] = []
+    for name, module in base.named_modules():
+        if any(name.startswith(p) for p in tuner_prefixes):
+            continue  # adapter internals and the wrapped base layer
+        if isinstance(module, ModulesToSaveWrapper):
+            saved.append(name)
+        elif isinstance(module, TrainableTokensWrapper):
+            tokens.append(name)
+            tuner_prefixes.append(name + ".")
+        elif isinstance(module, BaseTunerLayer):
+            tuner_prefixes.append(name + ".")
+            if type(module).__name__ == "ParamWrapper":
+                parameters += _wrapped_parameters(name, module)
+            else:
+                modules.append(name)
+    parameters = sorted(dict.fromkeys(parameters), key=_param_order(base))
+    return {"modules": tuple(modules), "parameters": tuple(parameters), "saved": tuple(saved), "tokens": tuple(tokens)}
+
+
+def _wrapped_parameters(name: str, wrapper) -> list[str]:
+    """`name.param` for every ParamWrapper in the chain (PEFT stacks one per parameter through base_layer)."""
+    out = []
+    layer = wrapper
+    while type(layer).__name__ == "ParamWrapper":
+        out.append(f"{name}.{layer.parameter_name}")
+        layer = layer.base_layer
+    return out
+
+
+def _param_order(base: nn.Module):
+    """Model order for parameter names: their module's position, then the name."""
+    positions: dict[str, int] = {}
+    for i, (name, _) in enumerate(base.named_modules()):
+        positions.setdefault(name.replace(".base_layer", ""), i)
+
+    def key(pname: str):
+        module = pname.rpartition(".")[0]
+        return (positions.get(module, len(positions)), pname)
+
+    return key
+
+
+def _prepared_targets(peft_model) -> tuple[Any, tuple[str, ...]]:
+    cfg = peft_model.peft_config["default"]
+    targets = cfg.target_modules
+    if isinstance(targets, set):
+        targets = sorted(targets)
+    return targets, tuple(sorted(getattr(cfg, "target_parameters", None) or ()))
+
+
+def real_injection(model: nn.Module, config: Any, *, reload: bool = True) -> Injection:
+    """Run the installed PEFT's `get_peft_model` on a skeleton of `model` and read what it adapted."""
+    peft_model, error, caught = _inject(model, config)
+    if peft_model is None:
+        return Injection(error=error, how="peft", warnings=caught)
+    adapted = read_adapted(_base(peft_model))
+    targets, target_parameters = _prepared_targets(peft_model)
+    reloads = _reloads(model, peft_model, adapted) if reload else None
+    return Injection(
+        **adapted, target_modules=targets, target_parameters=target_parameters, reloads=reloads, how="peft",
+        warnings=caught,
+    )
+
+
+def _reloads(model: nn.Module, peft_model, adapted: dict) -> bool:
+    """Does the adapter, saved and loaded back as PEFT does it, land on the same modules and keys?"""
+    from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftConfig, PeftModel
+    from peft.utils import get_peft_model_state_dict
+
+    saved_keys = set(get_peft_model_state_dict(peft_model))
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            peft_model.peft_config["default"].save_pretrained(folder)
+            loaded = PeftConfig.from_pretrained(folder)
+            loaded.inference_mode = True  # what PeftModel.from_pretrained(is_trainable=False) sets
+            # the class PeftModel.from_pretrained picks (peft/peft_model.py, PeftModel.from_pretrained)
+            cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(loaded.task_type, PeftModel)
+            again = cls(skeleton(model), loaded, "default", low_cpu_mem_usage=True)
+        except Exception:
+            return False
+        if read_adapted(_base(again)) != adapted:
+            return False
+        return set(get_peft_model_state_dict(again)) == saved_keys
