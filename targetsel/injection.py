@@ -172,8 +172,8 @@ def read_adapted(base: nn.Module) -> dict[str, tuple[str, ...]]:
                 parameters += _wrapped_parameters(name, module)
             else:
                 modules.append(name)
-    parameters = sorted(dict.fromkeys(parameters), key=_param_order(base))
-    return {"modules": tuple(modules), "parameters": tuple(parameters), "saved": tuple(saved), "tokens": tuple(tokens)}
+    return {"modules": tuple(modules), "parameters": tuple(dict.fromkeys(parameters)), "saved": tuple(saved),
+            "tokens": tuple(tokens)}
 
 
 def _wrapped_parameters(name: str, wrapper) -> list[str]:
@@ -186,17 +186,14 @@ def _wrapped_parameters(name: str, wrapper) -> list[str]:
     return out
 
 
-def _param_order(base: nn.Module):
-    """Model order for parameter names: their module's position, then the name."""
-    positions: dict[str, int] = {}
-    for i, (name, _) in enumerate(base.named_modules()):
-        positions.setdefault(name.replace(".base_layer", ""), i)
-
-    def key(pname: str):
-        module = pname.rpartition(".")[0]
-        return (positions.get(module, len(positions)), pname)
-
-    return key
+def _in_model_order(model: nn.Module, adapted: dict) -> dict:
+    """Parameters in the order the model registers them (PEFT wraps them in sorted order)."""
+    order: dict[str, int] = {}
+    for name, module in model.named_modules():
+        for pname in module._parameters:
+            order.setdefault(f"{name}.{pname}", len(order))
+    params = sorted(adapted["parameters"], key=lambda p: (order.get(p, len(order)), p))
+    return {**adapted, "parameters": tuple(params)}
 
 
 def _prepared_targets(peft_model) -> tuple[Any, tuple[str, ...]]:
@@ -212,7 +209,7 @@ def real_injection(model: nn.Module, config: Any, *, reload: bool = True) -> Inj
     peft_model, error, caught = _inject(model, config)
     if peft_model is None:
         return Injection(error=error, how="peft", warnings=caught)
-    adapted = read_adapted(_base(peft_model))
+    adapted = _in_model_order(model, read_adapted(_base(peft_model)))
     targets, target_parameters = _prepared_targets(peft_model)
     reloads = _reloads(model, peft_model, adapted) if reload else None
     return Injection(
@@ -238,6 +235,6 @@ def _reloads(model: nn.Module, peft_model, adapted: dict) -> bool:
             again = cls(skeleton(model), loaded, "default", low_cpu_mem_usage=True)
         except Exception:
             return False
-        if read_adapted(_base(again)) != adapted:
+        if _in_model_order(model, read_adapted(_base(again))) != adapted:
             return False
         return set(get_peft_model_state_dict(again)) == saved_keys

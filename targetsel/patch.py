@@ -132,7 +132,7 @@ def _raise_no_exact_form(config, selection, names: list[str], tried: list) -> No
     if all(o.error is not None for _, o in outcomes):
         raise PeftRejectionError(
             f"get_peft_model would raise on every target form targetsel can write for this selection of "
-            f"{type(selection.model).__name__} (e.g. target_modules={_short(value)}): {outcome.error}. "
+            f"{type(selection.model).__name__} (e.g. target_modules={_short(value)}): {outcome.error.rstrip('.')}. "
             + _fix_for_peft_error(outcome.error),
             outcome.error,
         )
@@ -201,7 +201,9 @@ def _list_is_exact(selection) -> bool:
 
 
 def _patch_parameters(config: Any, psel):
-    from .parameters import verify_parameters
+    """A config whose `target_parameters` make PEFT adapt exactly `psel`; the modules it already
+    targets must stay as they are (PEFT raises when a parameter's module is itself a target)."""
+    from .verify import dry_run
 
     names = psel.names()
     value = psel.to_peft()
@@ -211,10 +213,42 @@ def _patch_parameters(config: Any, psel):
     if getattr(config, "target_modules", None) is None:
         changes["target_modules"] = []  # None would let PEFT fill in its per-architecture defaults
     new = _new_config(config, **changes)
-    got = verify_parameters(psel.model, new)
-    if got != names:  # pragma: no cover - to_peft() is checked against the same rule
-        raise TargetselError("internal error: target_parameters is not exact; please report it")
+    before = dry_run(psel.model, config) if config.target_modules else None  # the module targets to keep
+    if before is not None and before.error is not None:
+        before = None
+    outcome = dry_run(psel.model, new, real=True)
+    if outcome.error is not None:
+        raise PeftRejectionError(
+            f"get_peft_model would raise with target_parameters={_short(value)} on this {type(config).__name__}: "
+            f"{outcome.error.rstrip('.')}. " + _fix_for_parameter_error(outcome.error),
+            outcome.error,
+        )
+    if list(outcome.parameters) != names or (before is not None and outcome.modules != before.modules):
+        from .grouping import summarize_names
+
+        got, want = set(outcome.parameters), set(names)
+        lost = [n for n in names if n not in got]
+        extra = [n for n in outcome.parameters if n not in want]
+        detail = _mismatch_detail(lost, extra)
+        if not detail:  # the parameters are right, but the module targets changed
+            detail = [f"the modules adapted change from {summarize_names(list(before.modules), limit=3)} "
+                      f"to {summarize_names(list(outcome.modules), limit=3)}"]
+        raise ConfigError(
+            f"PEFT does not adapt exactly the {len(names)} selected parameter(s) with target_parameters={_short(value)}: "
+            + "; ".join(detail).replace("module(s)", "parameter(s)")
+            + ". PEFT matches target_parameters on module names with '.base_layer' removed, and parametrized modules "
+            "by exact name only; select other parameters, or rename the modules."
+        )
     return new
+
+
+def _fix_for_parameter_error(error: str) -> str:
+    if "not a valid target" in error or "also targeted with `target_modules`" in error:
+        return ("A parameter of a module that target_modules also adapts cannot be targeted too: drop that module "
+                "from the module selection, or its parameters from the parameter selection.")
+    if "top-level module" in error:
+        return "Parameters registered directly on the model itself cannot be targeted; select parameters of submodules."
+    return "Change the parameter selection or the config so that PEFT accepts it."
 
 
 def _value_patterns(config, selection, names: list[str], field: str, base_field: str, mapping) -> dict:
@@ -226,6 +260,12 @@ def _value_patterns(config, selection, names: list[str], field: str, base_field:
     from .selection import Selection
 
     what = "ranks" if field == "rank_pattern" else "alphas"
+    if str(getattr(config.peft_type, "value", config.peft_type)) == "ADALORA":
+        raise ConfigError(
+            f"AdaLoraConfig does not take {what}=: AdaLoRA starts every module at init_r and allocates ranks itself "
+            f"during training (its rank_pattern is that allocation's output, and save_pretrained fails on a "
+            f"hand-written one). Set init_r / target_r on the config, or use LoraConfig for per-module ranks."
+        )
     if not hasattr(config, field):
         raise ConfigError(f"{type(config).__name__} has no {field}: {what}= works with LoRA-family configs")
     if getattr(config, field, None):

@@ -23,7 +23,7 @@ from typing import Any, Optional
 from torch import nn
 
 from .compile import list_matches
-from .errors import ConfigError, PeftRejectionError
+from .errors import ConfigError, PeftRejectionError, TargetselError
 from .injection import Injection, real_injection
 from .index import get_index
 
@@ -50,7 +50,7 @@ def require_peft_config(config: Any, what: str = "patch()") -> None:
         )
 
 
-def prepare_config(model: nn.Module, config: Any):
+def prepare_config(model: nn.Module, config: Any, *, convert: bool = True):
     """A deep copy of `config` as `inject_adapter` sees it just before matching module names."""
     from peft.tuners.tuners_utils import _find_minimal_target_modules, _maybe_include_all_linear_layers
     from peft.utils.constants import MIN_TARGET_MODULES_FOR_OPTIMIZATION
@@ -60,7 +60,8 @@ def prepare_config(model: nn.Module, config: Any):
     saved = task_modules_to_save(cfg, before_injection=True)
     if saved:  # the task-model classes extend modules_to_save before injecting (peft_model.py)
         cfg.modules_to_save = list(cfg.modules_to_save or []) + [n for n in saved if n not in (cfg.modules_to_save or [])]
-    convert_for_transformers(model, cfg)
+    if convert:
+        convert_for_transformers(model, cfg)
     if cfg.target_modules is None:
         cfg = _infer_default_targets(cfg, model)
     cfg = _maybe_include_all_linear_layers(cfg, model)
@@ -250,6 +251,23 @@ def _fast_path(model: nn.Module, config: Any, index) -> Optional[Injection]:
         return None
     shown = sorted(targets) if isinstance(targets, (set, frozenset)) else targets
     return Injection(modules=tuple(names[i] for i in matched), saved=saved, target_modules=shown, how="fast")
+
+
+def name_matches(model: nn.Module, config: Any, *, convert: bool = True) -> list[int]:
+    """Positions PEFT's matcher picks by name for `config` (its preparation, `exclude_modules`,
+    `modules_to_save`, layers), before dispatch and the fields that add modules. `convert=False`
+    skips the transformers-5 MoE conversion: the names as the user wrote them. [] where PEFT's
+    preparation itself raises."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(config.peft_type)
+    if tuner is None:
+        return []
+    try:
+        cfg = prepare_config(model, config, convert=convert)
+    except (TargetselError, ValueError, TypeError, KeyError):
+        return []
+    return _matched_positions(tuner, cfg, get_index(model).names)
 
 
 def _matched_positions(tuner, cfg, names: list[str]) -> list[int]:

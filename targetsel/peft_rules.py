@@ -1,0 +1,213 @@
+"""Check rules about what the installed PEFT does around matching — judged by a dry run of PEFT.
+
+A config's targets are what the user wrote; what `get_peft_model` adapts can differ: its
+transformers-5 MoE conversion rewrites targets (shared experts and dense MLPs become fused-expert
+parameters, a regex becomes bare leaf names), the Mamba guard and the conversion raise, the
+`modules_to_save` suffix rule wraps a target's parent, `ensure_weight_tying` and `layer_replication`
+add modules, `trainable_token_indices` adds token layers. Each rule here reads the `Injection` of
+the checked config (`_Subject.outcome`) and reports the difference with the modules that made it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .checks import Finding, _Subject
+
+# code → (severity, PEFT raises or crashes, summary); merged into checks.CODES.
+CODES = {
+    "peft-rejects": ("error", True, "get_peft_model would raise on this config and model (Mamba guard, MoE conversion, target conflicts)"),
+    "peft-rewrites-targets": ("error", False, "PEFT rewrites the targets before matching (its transformers-5 MoE conversion) and adapts something else"),
+    "parameter-and-module-target": ("error", True, "a parameter is targeted through target_parameters on a module that target_modules also adapts"),
+    "modules-to-save-wraps": ("error", False, "modules_to_save's suffix rule wraps a target or a module around one; adapter names change and reloading breaks"),
+    "peft-adds-targets": ("warning", False, "config fields (ensure_weight_tying, layer_replication) make PEFT adapt modules the targets do not name"),
+    "trainable-tokens": ("info", False, "trainable_token_indices adds trainable-token layers to embeddings"),
+}
+
+# Messages of errors other rules already explain (the method's dispatch, nested targets).
+_EXPLAINED_ELSEWHERE = ("is not supported", "Currently, only the following modules")
+
+
+def peft_rejects(s: "_Subject") -> list["Finding"]:
+    outcome = s.outcome
+    if outcome is None or outcome.error is None:
+        return _mamba_guard(s)
+    if any(w in outcome.error for w in _EXPLAINED_ELSEWHERE) or "not a valid target" in outcome.error:
+        return []  # unsupported-type / container-target / parameter-and-module-target say it better
+    from .checks import _finding
+
+    fix = _fix(outcome.error)
+    return [_finding("peft-rejects", f"get_peft_model would raise {outcome.error.rstrip('.')}. {fix}", s, s.positions)]
+
+
+def _mamba_guard(s: "_Subject") -> list["Finding"]:
+    """For a selection (no config outcome): PEFT's Mamba guard refuses some leaf names for LoRA."""
+    if s.from_config:
+        return []
+    from .checks import _finding
+    from .verify import peft_rewrites
+
+    leaves = {}
+    for i in s.positions:
+        leaves.setdefault(s.index.names[i].rpartition(".")[2], []).append(i)
+    why = peft_rewrites(s.model, sorted(leaves), [s.index.names[i] for i in s.positions]) if leaves else None
+    if why is None or "Mamba" not in why:
+        return []
+    hit = [i for leaf, ps in leaves.items() if leaf in ("out_proj", "conv1d") for i in ps]
+    return [_finding(
+        "peft-rejects",
+        f"{why.rstrip('.')}. {len(hit)} selected module(s): {s.grouped([s.index.names[i] for i in hit])}. "
+        "Leave them out (- glob:**.out_proj - glob:**.conv1d).",
+        s, hit,
+    )]
+
+
+def _fix(error: str) -> str:
+    if "Mamba" in error:
+        return "Leave those modules out of the targets (for a selection: - glob:**.out_proj - glob:**.conv1d)."
+    if "Cannot convert PEFT target" in error:
+        return ("PEFT's MoE conversion reads these names as expert projections: target the fused experts with "
+                "targetsel's .parameters(), or build the targets with targetsel.patch, which refuses what PEFT cannot adapt.")
+    if "modules_to_save" in error or "ModulesToSaveWrapper" in error:
+        return "Remove the adapted modules (or their parents) from modules_to_save."
+    return "Change the targets or the config fields named above."
+
+
+def peft_rewrites_targets(s: "_Subject") -> list["Finding"]:
+    """The MoE conversion: what the user's names match vs what PEFT adapts after rewriting them."""
+    outcome = s.outcome
+    if outcome is None or outcome.error is not None:
+        return []
+    from .checks import _finding
+    from .verify import name_matches
+
+    as_written = name_matches(s.model, s.config, convert=False)
+    written = {s.index.names[i] for i in as_written}
+    adapted = set(outcome.modules)
+    lost = [s.index.names[i] for i in as_written if s.index.names[i] not in adapted]
+    moved = list(outcome.parameters)
+    asked = set(getattr(s.config, "target_parameters", None) or ())
+    moved = [p for p in moved if not any(p == a or p.endswith("." + a) for a in asked)]
+    extra = [n for n in outcome.modules if n not in written and not _added_by_fields(s, n)]
+    if not (lost or moved or extra) or outcome.target_modules == _as_written(s.config.target_modules):
+        return []
+    parts = []
+    if lost:
+        parts.append(f"{len(lost)} module(s) the targets name get no adapter ({s.grouped(lost, 4)})")
+    if extra:
+        parts.append(f"{len(extra)} module(s) they do not name get one ({s.grouped(extra, 4)})")
+    if moved:
+        parts.append(f"{len(moved)} fused expert parameter(s) are adapted instead ({s.grouped(moved, 3)})")
+    model_type = getattr(getattr(s.model, "config", None), "model_type", "?")
+    message = (
+        f"PEFT's transformers-5 MoE conversion rewrites target_modules for {model_type!r} models before matching "
+        f"(to {_short(outcome.target_modules)}): " + "; ".join(parts) + ". Build the targets with "
+        "targetsel.patch(config, select(model, ...)), which picks a form PEFT keeps or refuses, and target fused "
+        "experts with .parameters()."
+    )
+    positions = [s.index.position(n) for n in lost + extra]
+    return [_finding("peft-rewrites-targets", message, s, [p for p in positions if p])]
+
+
+def _as_written(targets):
+    return sorted(targets) if isinstance(targets, (set, frozenset)) else targets
+
+
+def _added_by_fields(s: "_Subject", name: str) -> bool:
+    return bool(getattr(s.config, "layer_replication", None) or getattr(s.config, "ensure_weight_tying", False))
+
+
+def _short(value, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parameter_and_module_target(s: "_Subject") -> list["Finding"]:
+    outcome = s.outcome
+    if outcome is None or outcome.error is None or "not a valid target" not in outcome.error:
+        return []
+    from .checks import _finding
+
+    params = list(getattr(s.config, "target_parameters", None) or [])
+    names = [s.index.names[i] for i in s.positions]
+    both = [n for n in names if any(f"{n}.{p.rpartition('.')[2]}".endswith(p) for p in params)]
+    message = (
+        f"target_parameters={_short(params)} names parameters of module(s) that target_modules also adapts"
+        + (f" ({s.grouped(both, 4)})" if both else "")
+        + "; get_peft_model raises ValueError (a layer is either wrapped or has a parameter wrapped, not both). "
+        "Drop those modules from target_modules or their parameters from target_parameters."
+    )
+    return [_finding("parameter-and-module-target", message, s, [s.index.position(n) for n in both])]
+
+
+def modules_to_save_wraps(s: "_Subject") -> list["Finding"]:
+    """`_set_trainable` wraps every module whose name ends with an entry — no dot boundary."""
+    from .checks import _finding
+    from .verify import effective_modules_to_save
+
+    entries = effective_modules_to_save(s.config)
+    if not entries or not s.positions:
+        return []
+    names, parents = s.index.names, s.index.parents
+    suffixes = tuple(entries)
+    wrapped = {i for i in range(1, len(names)) if names[i].endswith(suffixes)}
+    hits, around = [], []
+    for i in s.positions:
+        p = i
+        while p > 0:
+            if p in wrapped:
+                hits.append(i)
+                around.append(p)
+                break
+            p = parents[p]
+    if not hits:
+        return []
+    shown_wrapped = sorted(dict.fromkeys(names[p] for p in around))
+    message = (
+        f"modules_to_save={entries!r} (PEFT matches its entries with a plain endswith, no dot boundary"
+        + (", and task_type adds the task head" if len(entries) > len(getattr(s.config, "modules_to_save", None) or []) else "")
+        + f") wraps {s.grouped(shown_wrapped, 3)}, which is or holds {len(hits)} target(s): {s.grouped([names[i] for i in hits])}. "
+        "PEFT then copies the adapted layer into the wrapper: adapter names change "
+        "(…modules_to_save.default…), get_peft_model may raise, and the saved adapter does not reload onto the same "
+        "modules. Rename the entry to the full module name, or leave those modules out of the targets."
+    )
+    return [_finding("modules-to-save-wraps", message, s, hits)]
+
+
+def peft_adds_targets(s: "_Subject") -> list["Finding"]:
+    outcome = s.outcome
+    if outcome is None or outcome.error is not None:
+        return []
+    from .checks import _finding
+    from .verify import name_matches
+
+    named = {s.index.names[i] for i in name_matches(s.model, s.config)}
+    extra = [n for n in outcome.modules if n not in named]
+    if not extra:
+        return []
+    fields = [f for f in ("ensure_weight_tying", "layer_replication") if getattr(s.config, f, None)]
+    message = (
+        f"{', '.join(fields) or 'The config'} makes PEFT adapt {len(extra)} module(s) that target_modules does not "
+        f"name: {s.grouped(extra)}. "
+        + ("ensure_weight_tying adds the modules tied to a targeted embedding (lm_head ↔ embed_tokens). " if "ensure_weight_tying" in fields else "")
+        + ("layer_replication copies layers before matching, so the targets match the copies too. " if "layer_replication" in fields else "")
+        + "Expect them in the adapter; audit() after get_peft_model compares against this full set."
+    )
+    return [_finding("peft-adds-targets", message, s, [])]
+
+
+def trainable_tokens(s: "_Subject") -> list["Finding"]:
+    outcome = s.outcome
+    if outcome is None or not outcome.tokens:
+        return []
+    from .checks import _finding
+
+    message = (
+        f"trainable_token_indices adds a trainable-token layer to {s.grouped(list(outcome.tokens), 3)}: those "
+        "token rows train in full, beside the adapters; they are saved with the adapter."
+    )
+    return [_finding("trainable-tokens", message, s, [])]
+
+
+RULES = (peft_rejects, parameter_and_module_target, peft_rewrites_targets, modules_to_save_wraps, peft_adds_targets, trainable_tokens)
