@@ -62,6 +62,21 @@ CODES: dict[str, CodeInfo] = {
     "all-frozen": CodeInfo("info", False, "`trainable` on a model whose parameters are all frozen: select before freezing"),
 }
 
+
+def _merge_peft_codes() -> None:
+    """The codes of the rules that judge a config by a dry run of PEFT (peft_rules.py), errors with errors."""
+    from .peft_rules import CODES as PEFT_CODES
+
+    merged: dict[str, CodeInfo] = {}
+    for severity in SEVERITIES:
+        merged.update({c: i for c, i in CODES.items() if i.severity == severity})
+        merged.update({c: CodeInfo(*info) for c, info in PEFT_CODES.items() if info[0] == severity})
+    CODES.clear()
+    CODES.update(merged)
+
+
+_merge_peft_codes()
+
 _ORDER = {code: i for i, code in enumerate(CODES)}
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
@@ -105,6 +120,7 @@ class _Subject:
     config: Any  # the PEFT config whose method semantics apply
     selection: Any = None  # the Selection, when the target was one (or a query)
     from_config: bool = False  # the target was a PEFT config
+    outcome: Any = None  # for a config: what get_peft_model does with it (verify.dry_run)
 
     @functools.cached_property
     def names(self) -> list[str]:
@@ -134,7 +150,7 @@ def _resolve(model, target, config) -> _Subject:
     from .errors import ModelMismatchError
     from .index import get_index
     from .selection import Selection, select
-    from .verify import require_peft_config, verify
+    from .verify import dry_run, name_matches, require_peft_config
 
     index = get_index(model)  # NotAModuleError for anything but an nn.Module
     if isinstance(target, PeftConfig):
@@ -143,9 +159,13 @@ def _resolve(model, target, config) -> _Subject:
                 "check(model, config): the target is already a PEFT config; pass it once, without config=..."
             )
         require_peft_config(target, "check()")
-        wanted = set(verify(model, target))
-        positions = [i for i, n in enumerate(index.names) if i and n in wanted]
-        return _Subject(model, index, positions, target, from_config=True)
+        outcome = dry_run(model, target)
+        if outcome.error is None:  # what PEFT adapts
+            wanted = set(outcome.modules)
+            positions = [i for i, n in enumerate(index.names) if i and n in wanted]
+        else:  # what PEFT's matcher picks before it raises, so the rules can name the modules at fault
+            positions = name_matches(model, target)
+        return _Subject(model, index, positions, target, from_config=True, outcome=outcome)
     if config is None:
         config = LoraConfig()
     else:
@@ -178,7 +198,12 @@ def check(model: nn.Module, target, *, config: Any = None) -> list[Finding]:
     """
     subject = _resolve(model, target, config)
     findings: list[Finding] = []
-    if not subject.positions:
+    rejected = subject.outcome is not None and subject.outcome.error is not None
+    if not subject.positions and rejected and "NoMatchingPeftModuleError" not in subject.outcome.error:
+        from .peft_rules import peft_rejects
+
+        findings += peft_rejects(subject)
+    elif not subject.positions:
         findings += _empty_selection(subject)
         findings += _all_frozen(subject)
     else:
@@ -592,43 +617,86 @@ def _subclass_findings(s: _Subject, probes) -> list[Finding]:
 def _output_head(s: _Subject) -> list[Finding]:
     index = s.index
     head = index.output_head_position()
-    tied_to = None
-    getter = getattr(s.model, "get_input_embeddings", None)
-    embedding = None
-    if callable(getter):
-        try:
-            embedding = getter()
-        except Exception:
-            embedding = None
-    weight = getattr(embedding, "weight", None) if isinstance(embedding, nn.Module) else None
-    hits = []
-    for i in s.positions:
-        module = index.modules[i]
-        tied = weight is not None and module is not embedding and any(p is weight for p in module._parameters.values())
-        if i == head or tied:
-            hits.append(i)
-            if tied:
-                tied_to = embedding
+    ties = _embedding_ties(index)
+    hits = [i for i in s.positions if i == head or i in ties]
     if not hits:
         return []
-    emb_name = next((index.names[j] for j, m in enumerate(index.modules) if m is tied_to), None)
+    tie_of = next((ties[i] for i in hits if i in ties), None)
     names = [index.names[i] for i in hits]
-    what = "the output head" if head in hits else "a module whose weight is the input embedding"
-    tie = f" (its weight is tied to {emb_name}.weight)" if emb_name else ""
+    tie = f" (its {tie_of[1]} is tied to {index.names[tie_of[0]]}.weight)" if tie_of else ""
     cost = ""
     first = index.modules[hits[0]]
     r = getattr(s.config, "r", None)
     if isinstance(first, nn.Linear) and isinstance(r, int):
         cost = (f" {s.method} at r={r} adds {r}×({first.in_features}+{first.out_features}) = "
                 f"{r * (first.in_features + first.out_features):,} parameters there.")
-    merge = " Because the weight is shared, merging the adapter changes the input embeddings too." if emb_name else ""
-    fix = (f"Leave it out (- glob:{names[0]}; .linear() never selects the head)" if not s.from_config
+    merge = " Because the weight is shared, merging the adapter changes the input embeddings too." if tie_of else ""
+    # .linear() leaves out what get_output_embeddings() returns, not every module tied to an embedding.
+    linear_note = "; .linear() never selects the head" if head in hits else ""
+    fix = (f"Leave it out (- glob:{names[0]}{linear_note})" if not s.from_config
            else f"Leave it out of target_modules (exclude_modules=[{names[0]!r}])")
+    what = (f"The output head {s.grouped(names, 3)} is selected" if head in hits
+            else f"A module holding an embedding's weight is selected: {s.grouped(names, 3)}")
     message = (
-        f"{what.capitalize()} {s.grouped(names, 3)} is selected{tie}: an adapter there re-learns the vocabulary "
+        f"{what}{tie}: an adapter there re-learns the vocabulary "
         f"projection rather than the model's behaviour.{cost}{merge} {fix}, unless you mean to adapt the output layer."
     )
     return [_finding("output-head", message, s, hits)]
+
+
+def _embedding_ties(index) -> dict[int, tuple[int, str]]:
+    """Positions of modules holding an embedding's weight as their own parameter → (embedding position,
+    parameter name); cached with the index.
+
+    Found from structure — the weight of every `nn.Embedding`, and of whatever `get_input_embeddings()`
+    returns — so a plain module whose head reuses an embedding's weight is caught too. Embeddings that
+    share a weight (an encoder's and a decoder's) are inputs, not heads, and are left out.
+    """
+    key = "targetsel.checks.embedding_ties"
+    cached = index._cached.get(key)
+    if cached is not None:
+        return cached
+    sources = index.class_mask(lambda c: issubclass(c, nn.Embedding)).nonzero().flatten().tolist()
+    given = _input_embedding_position(index)
+    if given is not None and given not in sources:
+        sources.insert(0, given)  # the model's own word first: its embedding names the tie
+    owner: dict[int, int] = {}  # parameter index → position of the embedding it is the weight of
+    for pos in sources:
+        weight = index.modules[pos]._parameters.get("weight")
+        param = index._param_pos.get(id(weight)) if weight is not None else None
+        if param is not None:
+            owner.setdefault(param, pos)
+    cached = {}
+    if owner:
+        # A tied parameter's registrations: every module holding it (+1), plus correction entries (-1).
+        registered = torch.isin(index._reg_param_t(), torch.tensor(list(owner))) & (index._reg_sign_t() > 0)
+        holders = index._reg_pos_t()[registered].tolist()
+        params = index._reg_param_t()[registered].tolist()
+        skip = set(sources)
+        for pos, param in zip(holders, params):
+            if pos in skip or pos in cached:
+                continue
+            # The parent of a module listed under two names is registered too; only direct holders count.
+            weight = index.params[param]
+            pname = next((k for k, p in index.modules[pos]._parameters.items() if p is weight), None)
+            if pname is not None:
+                cached[pos] = (owner[param], pname)
+    index._cached[key] = cached
+    return cached
+
+
+def _input_embedding_position(index) -> Optional[int]:
+    getter = getattr(index.model_ref(), "get_input_embeddings", None)
+    if not callable(getter):
+        return None
+    try:
+        embedding = getter()
+    except Exception:  # some models raise NotImplementedError or AttributeError here
+        return None
+    if not isinstance(embedding, nn.Module):
+        return None
+    # By identity, as the tie itself is: once per index, as the ties are cached with it.
+    return next((pos for pos, module in enumerate(index.modules) if module is embedding), None)
 
 
 def _prefix(config) -> Optional[str]:
@@ -755,10 +823,10 @@ def _modules_to_save_overlap(s: _Subject) -> list[Finding]:
     probe_cfg = _probe_config(s.config, ".*")
     probe_cfg.modules_to_save = saved
     if s.from_config:
-        from .verify import verify
+        from .verify import name_matches
 
         cleared = dataclasses.replace(copy.deepcopy(s.config), modules_to_save=None)
-        candidates = [i for i, n in enumerate(s.index.names) if n in set(verify(s.model, cleared))]
+        candidates = name_matches(s.model, cleared)
     else:
         candidates = s.positions
     hits = [i for i in candidates if isinstance(check_target_module_exists(probe_cfg, s.index.names[i]), _ExcludedModule)]
@@ -807,6 +875,12 @@ def _shared_module(s: _Subject) -> list[Finding]:
     return [_finding("shared-module", message, s, hits)]
 
 
+def _peft_rules():
+    from .peft_rules import RULES
+
+    return RULES
+
+
 _RULES = (
     _nested_targets,
     _wrap_findings,
@@ -815,6 +889,7 @@ _RULES = (
     _output_head,
     _adapter_name_clash,
     _shared_module,
+    *_peft_rules(),
 )
 
 

@@ -13,7 +13,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
-from .errors import EmptySelectionError, SelectionError, TargetselError
+from .errors import ConfigError, EmptySelectionError, SelectionError, TargetselError
 from .regex_build import names_regex
 
 if TYPE_CHECKING:
@@ -60,9 +60,11 @@ def _check_exact(kind: str, matched: list[bool], mask: list[bool], names: list[s
     # Position 0 is the root (""): PEFT never matches it, so it does not count.
     wrong = [n for n, got, want in zip(names[1:], matched[1:], mask[1:]) if got != want]
     if wrong:
+        # Point at a form built by other code than the one that failed.
+        other = "form='suffixes' or form='list'" if kind == "regex" else "form='regex'"
         raise TargetselError(
             f"internal error: the {kind} form is not exact for {len(wrong)} module(s), e.g. {wrong[:3]}. "
-            "Please report this with the model; use form='regex' meanwhile."
+            f"Please report this with the model; use {other} meanwhile."
         )
 
 
@@ -98,8 +100,9 @@ def _size(value) -> int:
     return len(json.dumps(value if isinstance(value, str) else sorted(value)))
 
 
-def compile_targets(selection: "Selection", form: str = "auto") -> Union[str, list[str]]:
-    """The `target_modules` value for PEFT in the requested form, checked exact."""
+def compile_targets(selection: "Selection", form: str = "auto", check_peft: bool = True) -> Union[str, list[str]]:
+    """The `target_modules` value for PEFT in the requested form, checked exact — by name and, with
+    `check_peft`, against what the installed PEFT does to target names on this model."""
     if form not in FORMS:
         raise TargetselError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
     selected, names, mask = _selected_and_others(selection)
@@ -131,5 +134,59 @@ def compile_targets(selection: "Selection", form: str = "auto") -> Union[str, li
         pattern = "^" + names_regex(selected) + "$"
         _check_exact("regex", regex_matches(pattern, names), mask, names)
         candidates.append(pattern)
+    if check_peft:
+        candidates = _kept_by_peft(selection, candidates, form, selected)
     # Shortest serialised form wins; on a tie the earlier (more readable) one.
     return min(candidates, key=_size)
+
+
+def _kept_by_peft(selection: "Selection", candidates: list, form: str, selected: list[str]) -> list:
+    """The candidates PEFT matches as written on this model; ConfigError when it rewrites or rejects all."""
+    from .verify import peft_rewrites
+
+    kept, refused = [], []
+    for value in candidates:
+        why = peft_rewrites(selection.model, value, selected)
+        if why is None:
+            kept.append(value)
+        else:
+            refused.append((value, why))
+    if kept:
+        return kept
+    value, why = min(refused, key=lambda pair: _size(pair[0]))
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 100 else shown[:99] + "…"
+    instead = _what_peft_adapts_instead(selection, value, selected)
+    if form == "auto":
+        advice = (
+            "No form targetsel can write survives that on this model: leave those modules out of the selection, "
+            "or target fused experts with .parameters()."
+        )
+    else:
+        advice = "Use form='auto', which picks a form PEFT keeps when there is one."
+    raise ConfigError(f"to_peft(form={form!r}) = {shown} is not what PEFT matches here: {why}{instead}. {advice}")
+
+
+def _what_peft_adapts_instead(selection: "Selection", value, selected: list[str]) -> str:
+    from peft import LoraConfig
+
+    from .grouping import summarize_names
+    from .verify import dry_run
+
+    try:
+        outcome = dry_run(selection.model, LoraConfig(target_modules=value))
+    except TargetselError:
+        return ""
+    if outcome.error is not None:
+        return ""
+    wanted, got = set(selected), set(outcome.modules)
+    parts = []
+    lost = [n for n in selected if n not in got]
+    extra = [n for n in outcome.modules if n not in wanted]
+    if lost:
+        parts.append(f"{len(lost)} selected module(s) would get no adapter ({summarize_names(lost, limit=3)})")
+    if extra:
+        parts.append(f"{len(extra)} unselected module(s) would get one ({summarize_names(extra, limit=3)})")
+    if outcome.parameters:
+        parts.append(f"{len(outcome.parameters)} fused parameter(s) would be adapted instead")
+    return "; so " + "; ".join(parts) if parts else ""

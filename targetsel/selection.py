@@ -2,19 +2,23 @@
 
 Every filter returns a new `Selection` holding a new selector node; nothing is evaluated until a
 terminal (`names()`, `len()`, `modules()`, `regex()`, `to_peft()`, display) runs, and each
-terminal reads the model as it is at that moment.
+terminal reads the model as it is at that moment — except after `get_peft_model`: a selection made
+on a model without PEFT adapter layers refuses to answer once the model holds some
+(`ModelRewrittenError`), because its names would then describe adapter internals. `resolved()`
+freezes what a selection means now, for logs and for `audit()`.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
 from . import nodes as N
-from .errors import ModelMismatchError, SelectionError, TargetselError
+from .errors import ModelMismatchError, ModelRewrittenError, SelectionError, SpecError, TargetselError
 from .evaluate import check_against_model, select_mask
 from .index import ModelIndex, get_index
 
@@ -24,7 +28,9 @@ TypeLike = Union[type, str]
 class Selection:
     """The modules of one model that a selector picks. Immutable; every method returns a new one."""
 
-    __slots__ = ("_model", "_node")
+    # `_adapted`: the model held PEFT adapter layers when the selection was made. A selection made
+    # before get_peft_model must not quietly answer for the rewritten tree (see `_index`).
+    __slots__ = ("_model", "_node", "_adapted")
 
     def __init__(self, model: nn.Module, node: Any = N.ALL, *, _checked: bool = False):
         index = get_index(model, for_names=True)  # raises NotAModuleError for anything but an nn.Module
@@ -34,6 +40,7 @@ class Selection:
             check_against_model(node, index)
         self._model = model
         self._node = node
+        self._adapted = index.has_tuner_layers()
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -50,18 +57,33 @@ class Selection:
         """The canonical query string (callables from `.where(fn)` are shown but cannot be parsed)."""
         return N.to_query(self._node)
 
-    def _with(self, node) -> "Selection":
+    def _with(self, node, other: Optional["Selection"] = None) -> "Selection":
         out = object.__new__(Selection)
         out._model = self._model
         out._node = node
+        # Combined with a selection made before get_peft_model, the result is from before it too.
+        out._adapted = self._adapted and (other is None or other._adapted)
         return out
 
-    def _refine(self, node) -> "Selection":
+    def _refine(self, node, other: Optional["Selection"] = None) -> "Selection":
         check_against_model(node, get_index(self._model, for_names=True))
-        return self._with(N.and_(self._node, node))
+        return self._with(N.and_(self._node, node), other)
 
     def _index(self) -> ModelIndex:
-        return get_index(self._model)
+        index = get_index(self._model)
+        if not self._adapted and index.has_tuner_layers():
+            raise ModelRewrittenError(self._rewritten_message(index))
+        return index
+
+    def _rewritten_message(self, index: ModelIndex) -> str:
+        return (
+            f"the model of selection {self.query!r} ({type(self._model).__name__}) was rewritten by get_peft_model "
+            f"after the selection was made: it now holds {index.tuner_layer_count()} PEFT adapter layer(s), so the "
+            "selection would answer for adapter internals (base_layer, lora_A, …) instead of the model it was made on. "
+            "Use what it resolved to before injection (take sel.resolved() or sel.lock() before get_peft_model; "
+            "audit(peft_model, sel) compares with what PEFT wrapped), or select again on the adapted model on purpose: "
+            f"select(model, {self.query!r})."
+        )
 
     def _mask(self, index: Optional[ModelIndex] = None) -> torch.Tensor:
         return select_mask(self._node, index if index is not None else self._index())
@@ -116,7 +138,7 @@ class Selection:
         """Strict descendants of the named module(s) (full name or dotted suffix) or of a selection."""
         if isinstance(prefix_or_selection, Selection):
             other = self._same_model(prefix_or_selection, "under")
-            return self._refine(N.Under(of=other._node))
+            return self._refine(N.Under(of=other._node), other)
         if isinstance(prefix_or_selection, N.Selector):
             return self._refine(N.Under(of=prefix_or_selection.root))
         if not isinstance(prefix_or_selection, str) or not prefix_or_selection.strip():
@@ -152,7 +174,8 @@ class Selection:
 
     def where(self, predicate: Union[str, Callable[[str, nn.Module], bool], "Selection", N.Selector]) -> "Selection":
         """Keep modules for which `predicate(name, module)` is true; a query string or selector also works."""
-        return self._refine(_coerce(predicate, self))
+        other = predicate if isinstance(predicate, Selection) else None
+        return self._refine(_coerce(predicate, self), other)
 
     # ------------------------------------------------------------------ operators
     def _same_model(self, other: Any, op: str) -> "Selection":
@@ -167,13 +190,16 @@ class Selection:
         return self._with(_coerce(other, self))
 
     def __and__(self, other) -> "Selection":
-        return self._with(N.and_(self._node, self._same_model(other, "&")._node))
+        other = self._same_model(other, "&")
+        return self._with(N.and_(self._node, other._node), other)
 
     def __or__(self, other) -> "Selection":
-        return self._with(N.or_(self._node, self._same_model(other, "|")._node))
+        other = self._same_model(other, "|")
+        return self._with(N.or_(self._node, other._node), other)
 
     def __sub__(self, other) -> "Selection":
-        return self._with(N.diff(self._node, self._same_model(other, "-")._node))
+        other = self._same_model(other, "-")
+        return self._with(N.diff(self._node, other._node), other)
 
     def __invert__(self) -> "Selection":
         return self._with(N.not_(self._node))
@@ -237,15 +263,17 @@ class Selection:
 
         return exact_regex(self)
 
-    def to_peft(self, form: str = "auto"):
+    def to_peft(self, form: str = "auto", *, check_peft: bool = True):
         """The `target_modules` value that makes PEFT target exactly this selection.
 
         `form`: "list" (full names), "suffixes" (shortest exact suffix list), "regex" (compact
-        anchored regex) or "auto" (the shortest exact form).
+        anchored regex) or "auto" (the shortest exact form PEFT keeps). A form the installed PEFT
+        would rewrite or reject on this model by name (its transformers-5 MoE conversion, the Mamba
+        guard) raises `ConfigError` saying what PEFT would do instead; `check_peft=False` skips that.
         """
         from .compile import compile_targets
 
-        return compile_targets(self, form)
+        return compile_targets(self, form, check_peft=check_peft)
 
     def lora_params(self, r: int) -> int:
         """The parameters LoRA at rank `r` adds to the selected modules (r × (in + out) per layer)."""
@@ -271,20 +299,117 @@ class Selection:
 
         return lock(self)
 
+    def resolved(self) -> "Resolved":
+        """What this selection means now, frozen: for logs, and for `audit()` after `get_peft_model`."""
+        from .audit import remember
+
+        index = self._index()
+        names = [index.names[i] for i in self._mask(index).nonzero().flatten().tolist()]
+        remember(self, names)
+        return Resolved(query=self.query, names=tuple(names), model_class=type(self._model).__name__,
+                        module_count=index.size - 1)
+
+    def _rewritten(self, label: Optional[str] = None) -> Optional[str]:
+        """A one-line stand-in for displays (a repr must not raise) when the model was rewritten since."""
+        try:
+            self._index()
+        except ModelRewrittenError:
+            return (f"{label or f'Selection({self.query!r})'} of {type(self._model).__name__}: not evaluated, the "
+                    "model was rewritten by get_peft_model after this selection was made (names() says what to do)")
+        return None
+
     def __repr__(self) -> str:
         from .display import render_text
 
-        return render_text(self)
+        return self._rewritten() or render_text(self)
 
     def _repr_html_(self) -> str:
         from .display import render_html
 
+        stale = self._rewritten()
+        if stale:
+            import html
+
+            return f"<pre>{html.escape(stale)}</pre>"
         return render_html(self)
 
     def __rich__(self):
         from .display import render_rich
 
-        return render_rich(self)
+        return self._rewritten() or render_rich(self)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a selection resolved to, frozen: the names in model order and where they came from.
+
+    `Selection.resolved()` gives `kind="modules"`; `ParameterSelection.resolved()` gives
+    `kind="parameters"` (names are `module.param`, `pattern` the parameter regex). `module_count` is
+    the number of named modules the model had. Picklable and hashable; `to_dict()` is JSON-able and
+    `Resolved.from_dict()` reads it back. `audit(peft_model, resolved)` takes it as what was selected.
+    """
+
+    query: str
+    names: tuple[str, ...]
+    model_class: str
+    module_count: int
+    kind: str = "modules"
+    pattern: Optional[str] = None
+
+    KINDS = ("modules", "parameters")
+
+    def __post_init__(self):
+        object.__setattr__(self, "names", tuple(self.names))  # a list given by hand stays frozen too
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+    def to_dict(self) -> dict:
+        """Plain JSON types: `json.dumps(r.to_dict())` works, `Resolved.from_dict` reads it back."""
+        return {
+            "kind": self.kind,
+            "query": self.query,
+            "pattern": self.pattern,
+            "model_class": self.model_class,
+            "module_count": self.module_count,
+            "count": self.count,
+            "names": list(self.names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Resolved":
+        """The inverse of `to_dict()`; raises `SpecError` naming the first field that is wrong."""
+        if not isinstance(data, dict):
+            raise SpecError(f"Resolved.from_dict takes the dict Resolved.to_dict() returns, got {type(data).__name__}")
+        fields = {"kind": str, "query": str, "pattern": (str, type(None)), "model_class": str, "module_count": int,
+                  "count": int, "names": list}
+        missing = [f for f in fields if f not in data]
+        extra = sorted(set(data) - set(fields))
+        if missing or extra:
+            raise SpecError(
+                f"not a Resolved dict: {'missing ' + ', '.join(missing) if missing else ''}"
+                f"{'; ' if missing and extra else ''}{'unknown ' + ', '.join(extra) if extra else ''}"
+            )
+        for key, kind in fields.items():
+            value = data[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise SpecError(f"Resolved.from_dict: {key!r} has the wrong type ({type(value).__name__})")
+        if data["kind"] not in cls.KINDS:
+            raise SpecError(f"Resolved.from_dict: kind is 'modules' or 'parameters', got {data['kind']!r}")
+        if not all(isinstance(n, str) for n in data["names"]) or data["count"] != len(data["names"]):
+            raise SpecError("Resolved.from_dict: names must be strings, as many as count says; take a new snapshot")
+        return cls(query=data["query"], names=tuple(data["names"]), model_class=data["model_class"],
+                   module_count=data["module_count"], kind=data["kind"], pattern=data["pattern"])
+
+    def __repr__(self) -> str:
+        from .grouping import summarize_names
+
+        shown = summarize_names(list(self.names), limit=4) if self.names else "nothing"
+        if self.kind == "parameters":
+            source = f"{self.query!r}.parameters({'' if self.pattern is None else repr(self.pattern)})"
+            return f"Resolved({source} → {self.count} parameter(s) in {self.model_class} ({self.module_count} modules): {shown})"
+        return f"Resolved({self.query!r} → {self.count} of the {self.module_count} modules of {self.model_class}: {shown})"
 
 
 def _type_name(t: TypeLike) -> str:
