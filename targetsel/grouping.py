@@ -2,8 +2,9 @@
 
 Numeric segments become integer sets (`{0..31}`, `{0..3,7}`); names that then differ in one
 literal segment merge into an alternation, with the common prefix and suffix of that segment
-pulled out (`q_proj`, `k_proj` → `{q,k}_proj`). Every group pattern is a valid `glob:` that
-matches exactly its names among those given, so a group can be pasted back into a query.
+pulled out (`q_proj`, `k_proj` → `{q,k}_proj`). Numbers are ASCII digits, as in regex_build:
+`layers.٣` is a word, not block 3. Every group pattern is a valid `glob:` that matches exactly
+its names among those given, so a group can be pasted back into a query.
 Used by the display, by error messages and by preflight findings.
 """
 
@@ -57,12 +58,17 @@ def _alternation(words: list[str]) -> str:
     return prefix + "{" + ",".join(cores) + "}" + suffix
 
 
+def _is_digit(char: str) -> bool:
+    # ASCII only, as numeric segments are (regex_build): `str.isdigit` also takes '٣' and '¹'.
+    return len(char) == 1 and "0" <= char <= "9"
+
+
 def _word_prefix(prefix: str, words: list[str]) -> str:
     """Factor a shared prefix only at a word boundary: `linear_{1,2}`, `fc{1,2}`, never `p{re_lay,ost_laye}rnorm`."""
     if not prefix:
         return ""
     rests = [w[len(prefix) :] for w in words]
-    if prefix.endswith("_") or (not prefix[-1].isdigit() and all(r[:1].isdigit() for r in rests)):
+    if prefix.endswith("_") or (not _is_digit(prefix[-1]) and all(_is_digit(r[:1]) for r in rests)):
         return prefix
     cut = prefix.rfind("_")
     return prefix[: cut + 1] if cut >= 0 else ""
@@ -72,7 +78,7 @@ def _word_suffix(suffix: str, words: list[str]) -> str:
     if not suffix:
         return ""
     rests = [w[: len(w) - len(suffix)] for w in words]
-    if suffix.startswith("_") or (not suffix[0].isdigit() and all(r[-1:].isdigit() for r in rests)):
+    if suffix.startswith("_") or (not _is_digit(suffix[0]) and all(_is_digit(r[-1:]) for r in rests)):
         return suffix
     cut = suffix.find("_")
     return suffix[cut:] if cut >= 0 else ""

@@ -2,10 +2,14 @@
 
 Names are split into *templates* (the name with each numeric segment replaced by a slot) and,
 per template, the set of integer tuples that fill the slots. Integer sets become range regexes
-(`(?:[3-5]\\d|60)`), tuple sets are factored into Cartesian blocks, and templates that differ in
+(`(?:[3-5][0-9]|60)`), tuple sets are factored into Cartesian blocks, and templates that differ in
 one literal segment merge into an alternation (`(?:gate|up|down)_proj` stays readable as
 `(?:gate_proj|up_proj|down_proj)`). The result matches exactly the given names — by
 construction, since every part describes a finite set precisely — and callers check it anyway.
+
+Digits are ASCII `[0-9]`, never `\\d`: PEFT runs `re.fullmatch(pattern, name)` with default flags,
+where `\\d` is any Unicode decimal digit, so `layers\\.\\d` would also match `layers.٣` (a module
+name torch allows). A segment of other digits is a literal, like any word.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import re
 from collections import defaultdict
 from typing import Iterable
 
-_CANONICAL_INT = re.compile(r"0|[1-9][0-9]*")
+_CANONICAL_INT = re.compile(r"0|[1-9][0-9]*")  # ASCII digits only: see the module docstring
+_DIGIT = "[0-9]"
 
 
 def _range_same_length(lo: str, hi: str) -> list[str]:
@@ -23,7 +28,7 @@ def _range_same_length(lo: str, hi: str) -> list[str]:
         return [lo]
     if len(lo) == 1:
         if lo == "0" and hi == "9":
-            return [r"\d"]
+            return [_DIGIT]
         return [f"[{lo}-{hi}]" if int(hi) - int(lo) > 1 else f"[{lo}{hi}]"]
     if lo[0] == hi[0]:
         return [lo[0] + alt for alt in _range_same_length(lo[1:], hi[1:])]
@@ -38,7 +43,7 @@ def _range_same_length(lo: str, hi: str) -> list[str]:
         out += [lo[0] + alt for alt in _range_same_length(lo[1:], "9" * n)]
     if first <= last:
         lead = str(first) if first == last else (f"[{first}{last}]" if last - first == 1 else f"[{first}-{last}]")
-        out.append(lead + r"\d" * n if n <= 2 else lead + rf"\d{{{n}}}")
+        out.append(lead + _DIGIT + (f"{{{n}}}" if n > 1 else ""))
     if not hi_full:
         out += [hi[0] + alt for alt in _range_same_length("0" * n, hi[1:])]
     return out
