@@ -85,6 +85,7 @@ _ERROR_CLASSES = {
     "empty-selection": EmptySelectionError,
     "nested-targets": NestedTargetsError,
     "modules-to-save-overlap": ModulesToSaveOverlapError,
+    "modules-to-save-wraps": ModulesToSaveOverlapError,
 }
 
 # The name the probe gives the module under test inside its one-module model.
@@ -473,6 +474,13 @@ def _wrap_findings(s: _Subject) -> list[Finding]:
     probes = _probes(s)
     modules, n_children = s.index.modules, s.index.n_children
     unsupported = [i for i in s.positions if not probes[type(modules[i])].supported]
+    if unsupported and not s.from_config:
+        # Targets PEFT's MoE conversion turns into target_parameters (a router's `gate`) never reach the
+        # dispatch: patch() says what PEFT does with them instead.
+        from .verify import converted_names
+
+        converted = converted_names(s.model, [s.index.names[i] for i in unsupported])
+        unsupported = [i for i in unsupported if s.index.names[i] not in converted]
     containers = [i for i in unsupported if n_children[i] > 0]
     leaves = [i for i in unsupported if n_children[i] == 0]
     out = []

@@ -33,8 +33,8 @@ class Injection:
 
     `modules`: modules wrapped by the method's tuner layers through `target_modules`;
     `parameters`: parameters adapted through `target_parameters` (`module.param`);
-    `saved`: modules wrapped by `modules_to_save` (trained in full); `tokens`: embeddings given
-    trainable-token layers; `target_modules` / `target_parameters`: the config's targets as PEFT
+    `saved`: modules wrapped by `modules_to_save` (trained in full); `tokens`: modules given
+    trainable-token layers (`mirrors`: those that only mirror another, a tied `lm_head`); `target_modules` / `target_parameters`: the config's targets as PEFT
     matched them, after its own rewriting; `error`: what `get_peft_model` raises (`"ValueError: …"`),
     None when it succeeds; `reloads`: after a save + reload of the adapter, the same modules and
     parameters are adapted and every saved key has a place (None when not checked); `how`:
@@ -45,6 +45,7 @@ class Injection:
     parameters: tuple[str, ...] = ()
     saved: tuple[str, ...] = ()
     tokens: tuple[str, ...] = ()
+    mirrors: tuple[str, ...] = ()
     target_modules: Any = None
     target_parameters: tuple[str, ...] = ()
     error: Optional[str] = None
@@ -152,28 +153,49 @@ def _base(peft_model) -> nn.Module:
 
 
 def read_adapted(base: nn.Module) -> dict[str, tuple[str, ...]]:
-    """modules / parameters / saved / tokens of an adapted model, read from its structure."""
+    """modules / parameters / saved / tokens / mirrors of an adapted model, read from its structure.
+
+    Names are those of the model before injection: a layer inside a `modules_to_save` wrapper is
+    named as it was (not `….original_module.…`) and the trained copy under `modules_to_save.<adapter>`
+    is not counted twice; what sits inside a tuner layer (its `base_layer`, adapter weights) is skipped. `mirrors`: trainable-token layers that only
+    mirror another one (a tied `lm_head`)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
 
-    modules, parameters, saved, tokens = [], [], [], []
-    tuner_prefixes: list[str] = []
-    for name, module in base.named_modules():
-        if any(name.startswith(p) for p in tuner_prefixes):
-            continue  # adapter internals and the wrapped base layer
+    out: dict[str, list[str]] = {"modules": [], "parameters": [], "saved": [], "tokens": [], "mirrors": []}
+    skipped: list[str] = []  # raw-name prefixes whose subtrees are adapter internals or copies
+    renamed: list[tuple[str, str]] = []  # (raw prefix, original prefix) inside modules_to_save wrappers
+    for raw, module in base.named_modules():
+        if any(raw.startswith(p) for p in skipped):
+            continue
+        name = _original_name(raw, renamed)
         if isinstance(module, ModulesToSaveWrapper):
-            saved.append(name)
+            out["saved"].append(name)
+            skipped.append(raw + ".modules_to_save.")  # the trained copy: counted once, as the original
+            renamed.append((raw + ".original_module.", name + "."))
         elif isinstance(module, TrainableTokensWrapper):
-            tokens.append(name)
-            tuner_prefixes.append(name + ".")
+            out["tokens"].append(name)
+            skipped.append(raw + ".")
         elif isinstance(module, BaseTunerLayer):
-            tuner_prefixes.append(name + ".")
-            if type(module).__name__ == "ParamWrapper":
-                parameters += _wrapped_parameters(name, module)
+            skipped.append(raw + ".")  # its base_layer and adapter weights
+            kind = type(module).__name__
+            if kind == "ParamWrapper":
+                out["parameters"] += _wrapped_parameters(name, module)
+            elif kind == "TrainableTokensLayer":
+                out["tokens"].append(name)
+                if getattr(module, "_tied_adapter", None):
+                    out["mirrors"].append(name)
             else:
-                modules.append(name)
-    return {"modules": tuple(modules), "parameters": tuple(dict.fromkeys(parameters)), "saved": tuple(saved),
-            "tokens": tuple(tokens)}
+                out["modules"].append(name)
+    return {key: tuple(dict.fromkeys(values)) for key, values in out.items()}
+
+
+def _original_name(raw: str, renamed: list[tuple[str, str]]) -> str:
+    """The name before injection: a module inside a modules_to_save wrapper's `original_module`."""
+    for prefix, original in reversed(renamed):  # innermost wrapper first
+        if raw.startswith(prefix):
+            return _original_name(original + raw[len(prefix):], renamed)
+    return raw
 
 
 def _wrapped_parameters(name: str, wrapper) -> list[str]:
@@ -221,7 +243,7 @@ def real_injection(model: nn.Module, config: Any, *, reload: bool = True) -> Inj
 def _reloads(model: nn.Module, peft_model, adapted: dict) -> bool:
     """Does the adapter, saved and loaded back as PEFT does it, land on the same modules and keys?"""
     from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftConfig, PeftModel
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     saved_keys = set(get_peft_model_state_dict(peft_model))
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
@@ -237,4 +259,22 @@ def _reloads(model: nn.Module, peft_model, adapted: dict) -> bool:
             return False
         if _in_model_order(model, read_adapted(_base(again))) != adapted:
             return False
-        return set(get_peft_model_state_dict(again)) == saved_keys
+        if set(get_peft_model_state_dict(again)) != saved_keys:
+            return False
+        try:  # the weights go where PeftModel.load_adapter puts them
+            result = set_peft_model_state_dict(
+                again, get_peft_model_state_dict(peft_model), adapter_name="default", low_cpu_mem_usage=True
+            )
+        except Exception:
+            return False
+        prefix = _adapter_prefix(loaded)
+        missing = [k for k in getattr(result, "missing_keys", []) if prefix and prefix in k]
+        return not getattr(result, "unexpected_keys", None) and not missing
+
+
+def _adapter_prefix(config) -> str:
+    try:
+        from peft.utils.constants import PEFT_TYPE_TO_PREFIX_MAPPING
+    except ImportError:  # pragma: no cover - older peft
+        return ""
+    return PEFT_TYPE_TO_PREFIX_MAPPING.get(config.peft_type, "") or ""

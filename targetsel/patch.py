@@ -76,6 +76,13 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
     for field, base_field, mapping in (("rank_pattern", "r", ranks), ("alpha_pattern", "lora_alpha", alphas)):
         if mapping:
             patterns[field] = _value_patterns(config, selection, names, field, base_field, mapping)
+    if getattr(config, "layer_replication", None):
+        raise ConfigError(
+            f"{type(config).__name__} carries layer_replication={config.layer_replication!r}: PEFT rebuilds the layer "
+            "stack before matching, so a layer's name no longer means the module you selected (layers.0 may be a copy "
+            "of layer 1). Apply the replication first (peft.tuners.tuners_utils.replicate_layers on the model), select "
+            "on the replicated model, and patch a config without layer_replication."
+        )
     # Empty selections and nested targets are findings too: they raise EmptySelectionError / NestedTargetsError.
     downgraded = enforce(check(selection.model, selection, config=config), strict=strict, stacklevel=3)
     skipped = {n for f in downgraded if f.code == "modules-to-save-overlap" for n in f.modules}
@@ -103,7 +110,7 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
             tried.append((value, exc))
             continue
         outcome = dry_run(selection.model, candidate_config)
-        if outcome.error is None and list(outcome.modules) == expected and not _new_parameters(config, outcome):
+        if _adapts_exactly(config, outcome, expected):
             new = candidate_config
             break
         tried.append((value, outcome))
@@ -113,6 +120,22 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
 
     remember(selection, names)  # so audit() can compare after get_peft_model has rewritten the tree
     return new
+
+
+def _adapts_exactly(config: Any, outcome, expected: list[str]) -> bool:
+    """PEFT adapts exactly `expected` with this outcome, keeps the config's intent, and reloads."""
+    if outcome.error is not None or outcome.reloads is False or _new_parameters(config, outcome):
+        return False
+    if any(_TYING_SIDESTEPPED in w for w in outcome.warnings):
+        return False  # the form sidesteps the tying the config asks for (PEFT only warns)
+    if str(getattr(config.peft_type, "value", config.peft_type)) == "TRAINABLE_TOKENS":
+        mirrors = set(outcome.mirrors)  # a tied lm_head follows its embedding; it is not a target
+        return [n for n in outcome.tokens if n not in mirrors] == expected and not outcome.modules
+    return list(outcome.modules) == expected
+
+
+# PEFT's warning when ensure_weight_tying=True finds no tied module among the targets (tuners_utils.py).
+_TYING_SIDESTEPPED = "You have requested `ensure_weight_tying`, but no tied modules are added"
 
 
 def _new_parameters(config: Any, outcome) -> bool:

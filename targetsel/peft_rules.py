@@ -20,7 +20,7 @@ CODES = {
     "peft-rejects": ("error", True, "get_peft_model would raise on this config and model (Mamba guard, MoE conversion, target conflicts)"),
     "peft-rewrites-targets": ("error", False, "PEFT rewrites the targets before matching (its transformers-5 MoE conversion) and adapts something else"),
     "parameter-and-module-target": ("error", True, "a parameter is targeted through target_parameters on a module that target_modules also adapts"),
-    "modules-to-save-wraps": ("error", False, "modules_to_save's suffix rule wraps a target or a module around one; adapter names change and reloading breaks"),
+    "modules-to-save-wraps": ("error", True, "modules_to_save's suffix rule wraps a target or a module around one; adapter names change and reloading breaks"),
     "peft-adds-targets": ("warning", False, "config fields (ensure_weight_tying, layer_replication) make PEFT adapt modules the targets do not name"),
     "trainable-tokens": ("info", False, "trainable_token_indices adds trainable-token layers to embeddings"),
 }

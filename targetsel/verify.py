@@ -131,6 +131,21 @@ def peft_rewrites(model: nn.Module, value, selected: list[str]) -> Optional[str]
     return None
 
 
+def converted_names(model: nn.Module, names: list[str]) -> set[str]:
+    """The names LoRA's transformers-5 MoE conversion takes out of a `target_modules` list (they
+    become fused-expert or router `target_parameters` and never reach the method's dispatch)."""
+    from peft import LoraConfig
+
+    if not names or not hasattr(getattr(model, "config", None), "model_type"):
+        return set()
+    cfg = LoraConfig(target_modules=list(names))
+    try:
+        convert_for_transformers(model, cfg)
+    except (ValueError, TypeError, KeyError):
+        return set()
+    return set(names) - set(cfg.target_modules or ())
+
+
 def _short(value, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -207,7 +222,8 @@ def dry_run(model: nn.Module, config: Any, *, real: bool = False) -> Injection:
 def _needs_real(config: Any) -> bool:
     """Config fields whose effect only a real injection shows (they add or move adapted modules)."""
     return bool(
-        getattr(config, "layer_replication", None)
+        str(getattr(config.peft_type, "value", config.peft_type)) == "TRAINABLE_TOKENS"  # token layers, tied mirrors
+        or getattr(config, "layer_replication", None)
         or getattr(config, "trainable_token_indices", None)
         or getattr(config, "ensure_weight_tying", False)
         or getattr(config, "target_parameters", None)
