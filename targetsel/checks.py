@@ -360,6 +360,7 @@ class _Probe:
     reason: str = ""  # PEFT's words when it cannot wrap it
     frozen: tuple[str, ...] = ()  # the module's own parameters get_peft_model freezes
     kept: tuple[str, ...] = ()  # … and those it leaves trainable
+    internals: Optional[tuple[str, ...]] = None  # names PEFT adds under the wrapped module (base_layer, lora_A.default, …)
 
 
 _DATA_DEPENDENT_INIT = ("pissa", "olora", "loftq", "eva", "corda", "orthogonal")
@@ -456,6 +457,7 @@ def probe(module: nn.Module, config) -> _Probe:
         wrapper=type(wrapped),
         frozen=tuple(n for n, p in own if not p.requires_grad),
         kept=tuple(n for n, p in own if p.requires_grad),
+        internals=tuple(n for n, _ in wrapped.named_modules(remove_duplicate=False) if n),
     )
 
 

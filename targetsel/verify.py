@@ -259,10 +259,10 @@ def _fast_path(model: nn.Module, config: Any, index) -> Optional[Injection]:
         )
     if _has_nested(index, matched):
         return None
-    error = _rejected(model, cfg, index, matched)
+    error, probes = _rejected(model, cfg, index, matched)
     if error:
         return Injection(error=error, how="fast")
-    saved = _modules_to_save_wrapped(config, index, matched)
+    saved = _modules_to_save_wrapped(config, index, matched, probes)
     if saved is None:
         return None
     shown = sorted(targets) if isinstance(targets, (set, frozenset)) else targets
@@ -316,8 +316,9 @@ def _has_nested(index, positions: list[int]) -> bool:
     return False
 
 
-def _rejected(model, cfg, index, positions: list[int]) -> Optional[str]:
-    """What inject_adapter raises for these targets, in model order: the Mamba guard, then the dispatch."""
+def _rejected(model, cfg, index, positions: list[int]) -> tuple[Optional[str], dict]:
+    """What inject_adapter raises for these targets, in model order (the Mamba guard, then the
+    dispatch), and PEFT's answer for each targeted class."""
     from .checks import probe
 
     try:
@@ -330,27 +331,34 @@ def _rejected(model, cfg, index, positions: list[int]) -> Optional[str]:
             try:
                 _check_lora_target_modules_mamba(cfg, model, index.names[i].rpartition(".")[2])
             except ValueError as exc:
-                return f"ValueError: {exc}"
+                return f"ValueError: {exc}", probes
         module = index.modules[i]
         cls = type(module)
         if cls not in probes:
             probes[cls] = probe(module, cfg)
         if not probes[cls].supported:
-            return f"ValueError: Target module {cls.__name__} is not supported. {probes[cls].reason}"
-    return None
+            return f"ValueError: Target module {cls.__name__} is not supported. {probes[cls].reason}", probes
+    return None, probes
 
 
-def _modules_to_save_wrapped(config, index, targeted: list[int]) -> Optional[tuple[str, ...]]:
+def _modules_to_save_wrapped(config, index, targeted: list[int], probes: dict) -> Optional[tuple[str, ...]]:
     """The modules `_set_trainable` wraps (plain `endswith`, no dot boundary), when that provably
-    leaves the targets alone; None when a wrapper would sit on, around or inside a target."""
+    leaves the targets alone; None when a wrapper would sit on, around or inside a target.
+
+    `_set_trainable` runs after injection, so its names include the adapter's own modules
+    (`q.base_layer`, `q.lora_dropout`): an entry `out` matches `lora_dropout` and PEFT raises."""
     entries = effective_modules_to_save(config)
     if not entries:
         return ()
+    suffixes = tuple(entries)
+    for i in targeted:
+        internals = probes[type(index.modules[i])].internals
+        if internals is None or any(f"{index.names[i]}.{n}".endswith(suffixes) for n in internals):
+            return None
     from .checks import _aliases
 
     if _aliases(index):
         return None  # _set_trainable walks named_modules(remove_duplicate=False)
-    suffixes = tuple(entries)
     names = index.names
     wrapped = [i for i in range(1, len(names)) if names[i].endswith(suffixes)]
     if not wrapped:
