@@ -112,6 +112,8 @@ def peft_rewrites(model: nn.Module, value, selected: list[str]) -> Optional[str]
     after = cfg.target_modules
     moved = sorted(getattr(cfg, "target_parameters", None) or ())
     same = after == value if isinstance(value, str) or isinstance(after, str) else set(after) == set(value)
+    if not same and not moved and _rewrite_is_harmless(model, cfg, selected):
+        same = True  # e.g. a regex resolved to leaf names that still match exactly the selection
     if not same or moved:
         model_type = getattr(getattr(model, "config", None), "model_type", "?")
         shown = after if isinstance(after, str) else sorted(after)
@@ -129,6 +131,15 @@ def peft_rewrites(model: nn.Module, value, selected: list[str]) -> Optional[str]
         except ValueError as exc:
             return f"get_peft_model raises ValueError: {exc}"
     return None
+
+
+def _rewrite_is_harmless(model: nn.Module, converted: Any, selected: list[str]) -> bool:
+    """Do the rewritten targets still match exactly the selected names (by PEFT's own matcher)?"""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    names = get_index(model).names
+    matched = _matched_positions(PEFT_TYPE_TO_TUNER_MAPPING[converted.peft_type], converted, names)
+    return [names[i] for i in matched] == list(selected)
 
 
 def converted_names(model: nn.Module, names: list[str]) -> set[str]:

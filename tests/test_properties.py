@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import assume, given, note
+from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import check_target_module_exists
@@ -238,3 +238,72 @@ def test_regression_repeated_doublestar_glob(glob, names):
     single = glob.replace("**.**.", "**.").replace("**.**", "**").replace("**.**", "**")
     assert select(model).glob(glob).names() == select(model).glob(single).names()
     assert set(names) <= set(select(model).glob(glob).names())
+
+
+# ---------------------------------------------------------------- judged by real injection
+# tests/oracle.py runs a real get_peft_model on a fresh copy of the drawn model and reads what was
+# adapted off the tree. Each `to_peft` form is judged on matching (`wrap_any`: norms, embeddings'
+# neighbours and containers get stand-in layers), against the ideal target — the alternation of
+# the selected full names — which fails only when the selection itself cannot be injected
+# (a LoRA-wrappable module with a selected descendant: PEFT crashes reaching the inner one).
+
+
+def _ideal(names: list[str]) -> str:
+    import re
+
+    return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+# A few real injections per example: fewer examples by default, the profile's count under -m slow.
+ORACLE_EXAMPLES = min(settings.default.max_examples, 15)
+ORACLE_EXAMPLES_SLOW = max(settings.default.max_examples, 1000)
+
+
+@settings(max_examples=ORACLE_EXAMPLES)
+@given(st.data())
+def test_every_compiled_form_is_exact_under_real_injection(data):
+    _judge_by_real_injection(data)
+
+
+@pytest.mark.slow
+@settings(max_examples=ORACLE_EXAMPLES_SLOW)
+@given(st.data())
+def test_every_compiled_form_is_exact_under_real_injection_slow(data):
+    _judge_by_real_injection(data)
+
+
+def _judge_by_real_injection(data):
+    import copy
+
+    import oracle
+
+    model = data.draw(models_())
+    sel = _safe_build(model, data.draw(selectors(model)))
+    if sel is None or not sel.names():
+        return
+    names = sel.names()
+    note(f"query={sel.query!r} names={names}")
+    fresh = lambda: copy.deepcopy(model)  # noqa: E731 - the drawn model itself is never injected into
+    ideal = oracle.peft_adapts(fresh, LoraConfig(target_modules=_ideal(names)), wrap_any=True)
+    for form in ("list", "suffixes", "regex", "auto"):
+        try:
+            value = sel.to_peft(form)
+        except ts.TargetselError as exc:
+            assert form in ("list", "suffixes"), (form, exc)
+            continue
+        adapted = oracle.peft_adapts(fresh, LoraConfig(target_modules=value), wrap_any=True)
+        note(f"{form}: {value!r} → {adapted.describe()}")
+        if ideal.error:  # not injectable as a whole: the form must fail the same way
+            assert adapted.error_type == ideal.error_type, (form, adapted.error, ideal.error)
+            continue
+        assert adapted.error is None, (form, adapted.error)
+        assert list(adapted.modules) == names and adapted.parameters == (), form
+    wrappable = sel.linear().leaf()
+    if not wrappable.names():
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = patch(LoraConfig(r=2), wrappable)
+    adapted = oracle.peft_adapts(fresh, config)
+    assert adapted.error is None, adapted.error
+    assert list(adapted.modules) == wrappable.names() and adapted.parameters == ()
