@@ -11,11 +11,13 @@ from .errors import (  # the error base class comes first: everything else raise
     LayerSpecError,
     ModelLoadError,
     ModelMismatchError,
+    ModelRewrittenError,
     ModulesToSaveOverlapError,
     NestedTargetsError,
     NotAModuleError,
     NotSerialisableError,
     PatternError,
+    PeftRejectionError,
     PreflightError,
     QuerySyntaxError,
     RegexTimeoutError,
@@ -27,19 +29,23 @@ from .errors import (  # the error base class comes first: everything else raise
 )
 from .nodes import Selector
 from .patch import patch
-from .selection import Selection, select
+from .selection import Resolved, Selection, select
 from .verify import verify
+
+# A public name that is also a submodule's name (patch, verify, audit) is imported here, eagerly:
+# the first import of a submodule sets the package attribute of that name to the module, which
+# would shadow a name served lazily by __getattr__ (`from targetsel import audit` gave the module
+# once patch() had imported targetsel.audit). tests/test_public_api.py holds every name to this.
+from .audit import Audit, audit
 
 __version__ = "0.1.0"
 
-# Parts that live in their own modules and are imported on first use.
+# Parts that live in their own modules and are imported on first use; no name here is a submodule's.
 _LAZY = {
-    "Audit": ".audit",
     "Drift": ".lock",
     "Explanation": ".explain",
     "Finding": ".checks",
     "ParameterSelection": ".parameters",
-    "audit": ".audit",
     "check": ".checks",
     "check_lock": ".lock",
     "load_spec": ".query",
@@ -58,6 +64,10 @@ def __getattr__(name):
     return value
 
 
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "Audit",
     "ConfigError",
@@ -68,15 +78,18 @@ __all__ = [
     "LayerSpecError",
     "ModelLoadError",
     "ModelMismatchError",
+    "ModelRewrittenError",
     "ModulesToSaveOverlapError",
     "NestedTargetsError",
     "NotAModuleError",
     "NotSerialisableError",
     "ParameterSelection",
     "PatternError",
+    "PeftRejectionError",
     "PreflightError",
     "QuerySyntaxError",
     "RegexTimeoutError",
+    "Resolved",
     "Selection",
     "SelectionError",
     "Selector",

@@ -1,73 +1,175 @@
-"""`audit(peft_model, selection)`: after `get_peft_model`, did PEFT wrap exactly what was selected?
+"""`audit(peft_model, sel, parameters=psel)`: after `get_peft_model`, did PEFT adapt exactly what was selected?
 
-`get_peft_model` rewrites the model in place — layers become `lora.Linear` wrappers, base
-weights get frozen — so a selection evaluated afterwards would no longer mean what it meant.
-The names a selection resolved to when it was patched are remembered (per model and selector,
-weakly), and `audit` compares against those; a lock (`sel.lock()`) or a plain list of names works
-as the reference too.
+`get_peft_model` rewrites the model in place — layers become `lora.Linear` wrappers, fused expert
+modules become chains of `lora.ParamWrapper`, base weights get frozen — so a selection evaluated
+afterwards would no longer mean what it meant (its terminals raise `ModelRewrittenError`). The
+names a selection resolved to when it was patched, locked or snapshotted (`resolved()`) are
+remembered (per model and selector, weakly), and `audit` compares against those; a `Resolved`
+snapshot, a lock or a plain list of names works as the reference too.
+
+Modules and parameters are compared separately: `target_modules` makes PEFT wrap modules,
+`target_parameters` makes it wrap the module that holds each parameter in a `ParamWrapper` (one
+per parameter, stacked through `base_layer`). Whatever was not named as expected is expected to
+stay unadapted, so parameters PEFT adapted on its own (its transformers-5 MoE conversion) show up.
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional
 
 from torch import nn
 
-from .errors import TargetselError
-from .grouping import summarize_names
+from .errors import ModelRewrittenError, TargetselError
 
-# model → {selector node → names resolved before injection}
+# model → {selector key → names resolved before injection}
 _REMEMBERED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+MODULES, PARAMETERS = "modules", "parameters"
+
+
+def _key(selection) -> tuple:
+    from .parameters import ParameterSelection
+
+    if isinstance(selection, ParameterSelection):
+        return (PARAMETERS, selection.selection._node, selection.pattern)
+    return (MODULES, selection._node)
 
 
 def remember(selection, names: list[str]) -> None:
-    """Record what `selection` resolved to (called by `patch()` and `lock()`, before injection)."""
+    """Record what a `Selection` or `ParameterSelection` resolved to (by `patch()`, `lock()`, `resolved()`, `to_peft()`)."""
     try:
-        _REMEMBERED.setdefault(selection.model, {})[selection._node] = list(names)
+        _REMEMBERED.setdefault(selection.model, {})[_key(selection)] = list(names)
     except TypeError:  # an unhashable predicate inside .where(fn): nothing to key on
         pass
 
 
 @dataclass(frozen=True)
 class Audit:
-    """What PEFT wrapped compared with what was selected. `ok` when both sets are equal."""
+    """What PEFT adapted compared with what was selected; `ok` when both sets are equal, for modules and parameters.
+
+    `expected` / `wrapped` / `missing` / `unexpected`: module names (`target_modules`);
+    the `*_parameters` fields: parameter names, `module.param` (`target_parameters`).
+    """
 
     expected: tuple[str, ...]
     wrapped: tuple[str, ...]
     missing: tuple[str, ...] = field(default=())
     unexpected: tuple[str, ...] = field(default=())
+    expected_parameters: tuple[str, ...] = field(default=())
+    wrapped_parameters: tuple[str, ...] = field(default=())
+    missing_parameters: tuple[str, ...] = field(default=())
+    unexpected_parameters: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.unexpected
+        return not (self.missing or self.unexpected or self.missing_parameters or self.unexpected_parameters)
 
     def __bool__(self) -> bool:
         return self.ok
 
     def __str__(self) -> str:
+        from .grouping import summarize_names
+
+        counted = []  # modules are always shown, except in a parameters-only audit where none is involved
+        if self.expected or self.wrapped or not (self.expected_parameters or self.wrapped_parameters):
+            counted.append((len(self.expected), len(self.wrapped), "module(s)"))
+        if self.expected_parameters or self.wrapped_parameters:
+            counted.append((len(self.expected_parameters), len(self.wrapped_parameters), "parameter(s)"))
         if self.ok:
-            return f"audit ok: PEFT wrapped exactly the {len(self.expected)} selected module(s)"
-        lines = [f"audit FAILED: PEFT wrapped {len(self.wrapped)} module(s); {len(self.expected)} were selected"]
-        if self.missing:
-            lines.append(f"  missing ({len(self.missing)}, selected but not wrapped): {summarize_names(list(self.missing))}")
-        if self.unexpected:
-            lines.append(f"  unexpected ({len(self.unexpected)}, wrapped but not selected): {summarize_names(list(self.unexpected))}")
+            return "audit ok: PEFT wrapped exactly " + " and ".join(f"the {e} selected {what}" for e, _, what in counted)
+        wrapped = " and ".join(f"{w} {what}" for _, w, what in counted)
+        selected = " and ".join(f"{e} {what}" for e, _, what in counted)
+        if len(counted) == 1:
+            selected = f"{counted[0][0]}"
+        lines = [f"audit FAILED: PEFT wrapped {wrapped}; {selected} were selected"]
+        for what, names, meaning in (
+            ("missing", self.missing, "selected but not wrapped"),
+            ("unexpected", self.unexpected, "wrapped but not selected"),
+            ("missing parameters", self.missing_parameters, "selected but not wrapped"),
+            ("unexpected parameters", self.unexpected_parameters, "wrapped but not selected"),
+        ):
+            if names:
+                lines.append(f"  {what} ({len(names)}, {meaning}): {summarize_names(list(names))}")
         return "\n".join(lines)
 
 
 def wrapped_modules(peft_model: nn.Module) -> list[str]:
-    """Names (relative to the base model) of the modules PEFT replaced with adapter layers, model order."""
+    """Names (relative to the base model) of the modules PEFT wrapped through `target_modules`, model order."""
+    return _adapted(_base_model(peft_model))[0]
+
+
+def wrapped_parameters(peft_model: nn.Module) -> list[str]:
+    """`module.param` names (relative to the base model) of the parameters PEFT wrapped through `target_parameters`."""
+    return _adapted(_base_model(peft_model))[1]
+
+
+def _is_param_wrapper(module: nn.Module) -> bool:
+    # PEFT itself recognises the wrapper by class name (tuners_utils._inject_parameters).
+    return type(module).__name__ == "ParamWrapper" and hasattr(module, "parameter_name")
+
+
+def _adapted(base: nn.Module) -> tuple[list[str], list[str]]:
+    """(wrapped module names, wrapped parameter names), as the user's model names them.
+
+    PEFT inserts `base_layer` segments when it wraps: a parameter wrapper chain on `mlp.experts`
+    lists `mlp.experts.base_layer(.base_layer…)`, and a layer below a wrapped module moves under
+    it. PEFT strips `.base_layer` when it matches names, and so does this.
+    """
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
 
-    base = _base_model(peft_model)
-    return [n for n, m in base.named_modules() if isinstance(m, BaseTunerLayer) and not _inside_tuner(n, base)]
+    modules: dict[str, None] = {}
+    parameters: dict[str, None] = {}
+    tuners: set[str] = set()  # names of tuner layers: only their `base_layer` is PEFT's insertion
+    in_chain: set[int] = set()  # inner links of parameter-wrapper chains, read from their outermost link
+    # Layers inside modules_to_save / trainable_token_indices wrappers come from those fields, not
+    # from the targets (a TrainableTokensConfig's own layers are targets: they are not wrapped so).
+    auxiliary: list[str] = []
+    for name, module in base.named_modules():
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            auxiliary.append(name + ".")
+            continue
+        if not isinstance(module, BaseTunerLayer) or any(name.startswith(a) for a in auxiliary):
+            continue
+        tuners.add(name)
+        real = _strip_base_layer(name, tuners)
+        if not _is_param_wrapper(module):
+            modules.setdefault(real)
+            continue
+        if id(module) in in_chain:
+            continue
+        layer = module
+        while _is_param_wrapper(layer):
+            in_chain.add(id(layer))
+            parameters.setdefault(f"{real}.{layer.parameter_name}")
+            layer = layer.base_layer
+    return list(modules), _in_model_order(list(parameters), base, tuners)
 
 
-def _inside_tuner(name: str, base: nn.Module) -> bool:
-    # PEFT nests wrappers only through `base_layer`; a tuner layer inside another is not a target.
-    return ".base_layer" in f".{name}"
+def _strip_base_layer(name: str, tuners: set[str]) -> str:
+    """`name` without the `base_layer` segments wrapping inserted (a module of the model's own may be called so)."""
+    if "base_layer" not in name:
+        return name
+    kept, path = [], ""
+    for part in name.split("."):
+        inserted = part == "base_layer" and path in tuners
+        path = f"{path}.{part}" if path else part
+        if not inserted:
+            kept.append(part)
+    return ".".join(kept)
+
+
+def _in_model_order(parameters: list[str], base: nn.Module, tuners: set[str]) -> list[str]:
+    # A chain lists its parameters outermost first, i.e. in PEFT's (sorted) wrapping order; the
+    # model's own order is that of the original module's parameters.
+    if len(parameters) < 2:
+        return parameters
+    order: dict[str, int] = {}
+    for name, _ in base.named_parameters():
+        order.setdefault(_strip_base_layer(name, tuners), len(order))
+    return sorted(parameters, key=lambda p: order.get(p, len(order)))
 
 
 def _base_model(peft_model: nn.Module) -> nn.Module:
@@ -86,50 +188,124 @@ def _is_tuner_model(model: nn.Module) -> bool:
     return isinstance(model, BaseTuner)
 
 
-def audit(peft_model: nn.Module, selection: Union[Any, list, tuple, dict]) -> Audit:
-    """Compare the modules PEFT wrapped in `peft_model` with `selection`.
+def audit(peft_model: nn.Module, selection: Any = None, *, parameters: Any = None) -> Audit:
+    """Compare what PEFT adapted in `peft_model` with what was selected, for modules and parameters.
 
-    `selection` is the `Selection` that was patched (its names as resolved then are used), a lock
-    from `Selection.lock()`, or a list of module names.
+    `selection`: what `target_modules` selected — the `Selection` that was patched (its names as
+    resolved then are used), its `resolved()` snapshot, its `lock()`, or a list of module names.
+    `parameters`: what `target_parameters` selected — the `ParameterSelection`, its `resolved()`
+    snapshot, or a list of `module.param` names. A `ParameterSelection` (or its snapshot) may also
+    be passed as `selection` when only parameters were patched. What is not given is expected to be
+    left alone: parameters PEFT adapts when only modules were selected are reported as unexpected.
     """
-    expected = _expected_names(peft_model, selection)
-    wrapped = wrapped_modules(peft_model)
-    want, got = set(expected), set(wrapped)
+    base = _base_model(peft_model)
+    modules_ref, parameters_ref = _route(selection, parameters)
+    expected = _expected(modules_ref, MODULES)
+    expected_parameters = _expected(parameters_ref, PARAMETERS)
+    wrapped, wrapped_params = _adapted(base)
     return Audit(
         expected=tuple(expected),
         wrapped=tuple(wrapped),
-        missing=tuple(n for n in expected if n not in got),
-        unexpected=tuple(n for n in wrapped if n not in want),
+        missing=_minus(expected, wrapped),
+        unexpected=_minus(wrapped, expected),
+        expected_parameters=tuple(expected_parameters),
+        wrapped_parameters=tuple(wrapped_params),
+        missing_parameters=_minus(expected_parameters, wrapped_params),
+        unexpected_parameters=_minus(wrapped_params, expected_parameters),
     )
 
 
-def _expected_names(peft_model, selection) -> list[str]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def _minus(names: list[str], other: list[str]) -> tuple[str, ...]:
+    drop = set(other)
+    return tuple(n for n in names if n not in drop)
 
-    from .selection import Selection
 
-    if isinstance(selection, dict):
+def _kind(reference) -> Optional[str]:
+    """MODULES or PARAMETERS for a reference that says which it is; None for plain lists of names."""
+    from .parameters import ParameterSelection
+    from .selection import Resolved, Selection
+
+    if isinstance(reference, (Selection, dict)):
+        return MODULES
+    if isinstance(reference, ParameterSelection):
+        return PARAMETERS
+    if isinstance(reference, Resolved):
+        return reference.kind
+    return None
+
+
+def _route(selection, parameters) -> tuple[Any, Any]:
+    if selection is None and parameters is None:
+        raise TargetselError(
+            "audit(peft_model) needs what was selected: audit(peft_model, sel) for target_modules, "
+            "audit(peft_model, sel, parameters=psel) when target_parameters were patched too"
+        )
+    if _kind(selection) == PARAMETERS:
+        if parameters is not None:
+            raise TargetselError(
+                f"audit() got two parameter references: {type(selection).__name__} as selection and "
+                f"{type(parameters).__name__} as parameters=; pass the module selection first "
+                "(audit(peft_model, sel, parameters=psel)), or only the parameters"
+            )
+        return None, selection
+    if _kind(parameters) == MODULES:
+        raise TargetselError(
+            f"audit(..., parameters=...) takes a ParameterSelection (sel.parameters(...)), its resolved() snapshot "
+            f"or a list of parameter names; got a {type(parameters).__name__} of modules: pass it as the selection"
+        )
+    return selection, parameters
+
+
+def _expected(reference, kind: str) -> list[str]:
+    from .parameters import ParameterSelection
+    from .selection import Resolved, Selection
+
+    what = "module" if kind == MODULES else "parameter"
+    if reference is None:
+        return []
+    if isinstance(reference, Resolved):
+        return list(reference.names)
+    if isinstance(reference, dict):
         from .lock import read_lock
 
-        return list(read_lock(selection)["names"])
-    if isinstance(selection, (list, tuple)):
-        if not all(isinstance(n, str) for n in selection):
-            raise TargetselError("audit(peft_model, names): names must be strings")
-        return list(selection)
-    if not isinstance(selection, Selection):
+        return list(read_lock(reference)["names"])
+    if isinstance(reference, (list, tuple)):
+        bad = [n for n in reference if not isinstance(n, str)]
+        if bad:
+            raise TargetselError(f"audit(): {what} names must be strings, got {type(bad[0]).__name__} {bad[0]!r}")
+        return list(reference)
+    if isinstance(reference, (Selection, ParameterSelection)):
+        return _before_injection(reference)
+    accepted = (
+        "the Selection you patched with, its resolved() snapshot, its lock() or a list of module names"
+        if kind == MODULES else
+        "the ParameterSelection you patched with, its resolved() snapshot or a list of parameter names"
+    )
+    label = "selection" if kind == MODULES else "parameters="
+    raise TargetselError(f"audit(peft_model, {label}): pass {accepted}; got {type(reference).__name__}")
+
+
+def _before_injection(reference) -> list[str]:
+    """What a (Parameter)Selection meant before get_peft_model rewrote its model."""
+    from .index import get_index
+    from .parameters import ParameterSelection
+
+    selection = reference.selection if isinstance(reference, ParameterSelection) else reference
+    index = get_index(selection.model)
+    if not index.has_tuner_layers():  # a model PEFT has not touched (e.g. a fresh copy): evaluate it now
+        return reference.names()
+    if selection._adapted:
         raise TargetselError(
-            f"audit(peft_model, selection): pass the Selection you patched with, its lock() or a list of names; "
-            f"got {type(selection).__name__}"
+            f"selection {selection.query!r} was made on a model that already held PEFT adapter layers, so it "
+            "cannot say what was selected before injection. Pass the selection you gave patch(), or its resolved() "
+            "snapshot (or lock()) taken before get_peft_model"
         )
-    model = selection.model
-    wrapped_now = any(isinstance(m, BaseTunerLayer) for m in model.modules())
-    if not wrapped_now:
-        return selection.names()
-    remembered = _REMEMBERED.get(model, {}).get(selection._node)
+    remembered = _REMEMBERED.get(selection.model, {}).get(_key(reference))
     if remembered is None:
-        raise TargetselError(
-            f"the model of selection {selection.query!r} has been rewritten by get_peft_model, and this selection "
-            "was never patched, so what it meant before injection is unknown. Pass the selection you gave "
-            "patch(), or take sel.lock() (or sel.names()) before get_peft_model and pass that."
+        raise ModelRewrittenError(
+            f"the model of selection {selection.query!r} was rewritten by get_peft_model after the selection was "
+            "made, and this selection was never patched, locked or resolved, so what it meant before injection is "
+            "unknown. Pass the selection you gave patch(), or take sel.resolved() (or sel.lock()) before "
+            "get_peft_model and pass that"
         )
-    return remembered
+    return list(remembered)

@@ -88,6 +88,11 @@ class ModulesToSaveOverlapError(PreflightError, ConfigError):
     """Selected modules are also named by the config's `modules_to_save`; PEFT would skip them silently."""
 
 
+class ModelRewrittenError(TargetselError, RuntimeError):
+    """A selection made before `get_peft_model` was evaluated after it rewrote the model (adapter
+    layers, `base_layer`, `lora_A`, …): it would no longer mean what it meant when it was made."""
+
+
 class ModelLoadError(TargetselError, ValueError):
     """A command-line MODEL names nothing that can be built (bad path, factory, hub id or class)."""
 

@@ -2,7 +2,9 @@
 
 Every filter and terminal reads this index instead of walking the model again. Positions are
 `named_modules()` order (pre-order, shared modules listed once), so the subtree of module `i` is
-the contiguous range `[i, end[i])` and subtree sums are differences of one prefix sum.
+the contiguous range `[i, end[i])` and subtree sums are differences of one prefix sum. "Listed
+once" is `named_modules()`' own rule: its memo is a `set`, so a module *equal* (`__eq__`/`__hash__`)
+to one already listed is skipped with its subtree, as PEFT, `parameters()` and `state_dict` skip it.
 
 Freshness. Structure is cached; `requires_grad` never is (it is read at each terminal). torch
 calls global registration hooks whenever a submodule or parameter is assigned through
@@ -16,6 +18,7 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
+import sys
 import threading
 import weakref
 from contextlib import contextmanager
@@ -126,7 +129,8 @@ class ModelIndex:
     reg_param: list[int]
     reg_sign: list[int]
     generation: int
-    _position_of: dict = field(default_factory=dict, repr=False)  # id(module) → position
+    _position_of: dict = field(default_factory=dict, repr=False)  # module → position (hashed as named_modules() does)
+    _position_by_id: dict = field(default_factory=dict, repr=False)  # id(module) → position, unhashable modules only
     _own_params: list = field(default_factory=list, repr=False)  # every module's own parameters, flattened
     _param_pos: dict = field(default_factory=dict, repr=False)  # id(parameter) → index in `params`
     _container_dicts: list = field(default_factory=list, repr=False)  # the live `_modules` dicts …
@@ -137,6 +141,14 @@ class ModelIndex:
     @property
     def size(self) -> int:
         return len(self.names)
+
+    def position_of_module(self, module: nn.Module) -> Optional[int]:
+        """The position of `module`, or of the listed module equal to it (`named_modules()`' rule)."""
+        try:
+            pos = self._position_of.get(module)
+        except Exception:  # unhashable, or an __eq__ that raises: listed by identity
+            pos = None
+        return pos if pos is not None else self._position_by_id.get(id(module))
 
     def position(self, name: str) -> Optional[int]:
         pos = self._cached.get("positions")
@@ -263,7 +275,7 @@ class ModelIndex:
                 except Exception:  # some models raise NotImplementedError or AttributeError here
                     head = None
                 if isinstance(head, nn.Module):
-                    self._cached["head"] = self._position_of.get(id(head)) or None
+                    self._cached["head"] = self.position_of_module(head) or None
         return self._cached["head"]
 
     @single_threaded
@@ -318,6 +330,24 @@ class ModelIndex:
         container, index, length = container_t.tolist(), index_t.tolist(), length_t.tolist()
         info = self._cached["blocks"] = (container, index, length)
         return info
+
+    # ------------------------------------------------------------------ PEFT
+    def has_tuner_layers(self) -> bool:
+        """Does the model hold PEFT adapter layers (`BaseTunerLayer`), i.e. has `get_peft_model` rewritten it?"""
+        found = self._cached.get("has_tuner_layers")
+        if found is None:
+            found = self._cached["has_tuner_layers"] = any(self._tuner_class_flags())
+        return found
+
+    def tuner_layer_count(self) -> int:
+        flags = self._tuner_class_flags()
+        return sum(1 for c in self.class_ids if flags[c]) if any(flags) else 0
+
+    def _tuner_class_flags(self) -> list[bool]:
+        # Per distinct class, not per module. peft is never imported for this: a model can only hold
+        # tuner layers once peft (and so its tuners_utils) has been imported by someone else.
+        base = getattr(sys.modules.get("peft.tuners.tuners_utils"), "BaseTunerLayer", None)
+        return [base is not None and issubclass(c, base) for c in self.classes]
 
     # ------------------------------------------------------------------ freshness
     def is_current(self) -> bool:
@@ -385,7 +415,10 @@ def _build_index(model: nn.Module) -> ModelIndex:
     class_ids: list[int] = []
     classes: list[type] = []
     class_pos: dict[type, int] = {}
-    position_of: dict[int, int] = {}
+    # named_modules() de-duplicates with a set, i.e. by hash and ==: the same dict rule here (a
+    # module of a class with value-based __eq__ equal to a listed one is skipped, subtree and all).
+    position_of: dict[nn.Module, int] = {}
+    position_by_id: dict[int, int] = {}  # unhashable modules, on which named_modules() itself raises
     shared_edges: list[tuple[int, int]] = []  # (parent position, position of an already-listed child)
     params: list[nn.Parameter] = []
     param_names: list[str] = []
@@ -404,12 +437,19 @@ def _build_index(model: nn.Module) -> ModelIndex:
     pop, push = stack.pop, stack.append
     while stack:
         name, module, parent, d = pop()
-        key = id(module)
-        if key in position_of:
-            shared_edges.append((parent, position_of[key]))
-            continue
         pos = len(names)
-        position_of[key] = pos
+        try:
+            seen = position_of.get(module)
+            if seen is None:
+                position_of[module] = pos
+        except Exception:  # unhashable, or an __eq__ that raises: de-duplicated by identity
+            seen = position_by_id.get(id(module))
+            if seen is None:
+                position_by_id[id(module)] = pos
+        if seen is not None:
+            if modules[seen] is module:  # one module at two places: the second parent uses its parameters
+                shared_edges.append((parent, seen))
+            continue
         add_name(name)
         add_module(module)
         add_parent(parent)
@@ -498,6 +538,7 @@ def _build_index(model: nn.Module) -> ModelIndex:
         _container_dicts=container_dicts,
         _container_copies=container_copies,
         _position_of=position_of,
+        _position_by_id=position_by_id,
         _own_params=own_params,
         _param_pos=param_pos,
     )

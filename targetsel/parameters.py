@@ -93,9 +93,22 @@ class ParameterSelection:
     def is_empty(self) -> bool:
         return not self.names()
 
-    def __repr__(self) -> str:
+    def resolved(self):
+        """What this parameter selection means now, frozen (`Resolved`, kind "parameters"): for logs and `audit()`."""
+        from .audit import remember
+        from .selection import Resolved
+
         names = self.names()
+        remember(self, names)
+        return Resolved(query=self._selection.query, names=tuple(names), model_class=type(self.model).__name__,
+                        module_count=self._selection._index().size - 1, kind="parameters", pattern=self._pattern)
+
+    def __repr__(self) -> str:
         pattern = "" if self._pattern is None else f", {self._pattern!r}"
+        stale = self._selection._rewritten(f"ParameterSelection({self._selection.query!r}{pattern})")
+        if stale:
+            return stale
+        names = self.names()
         shown = ", ".join(names[:4]) + (f", … {len(names) - 4} more" if len(names) > 4 else "")
         return f"ParameterSelection({self._selection.query!r}{pattern}) — {len(names)} parameter(s): [{shown}]"
 
@@ -122,6 +135,9 @@ class ParameterSelection:
         matched = list_matches(suffixes, keys)
         if matched != mask:  # pragma: no cover - minimal_suffixes is exact by construction
             raise TargetselError("internal error: the target_parameters list is not exact; please report it")
+        from .audit import remember
+
+        remember(self, selected)  # so audit() can compare after get_peft_model has wrapped them
         return suffixes
 
 

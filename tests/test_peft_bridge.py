@@ -64,6 +64,7 @@ def test_fused_expert_parameters_are_targeted_exactly(arch, extra, query, patter
     )
     assert sorted({n.rsplit(".", 1)[0] for n in names}) == sorted(set(wrapped_params))
     assert not any("q_proj" in n for n in models.wrapped_names(peft_model))
+    assert audit(peft_model, psel).ok  # every selected parameter adapted, nothing else
 
 
 def test_parameters_on_top_of_patched_modules_keep_both():
@@ -218,21 +219,7 @@ def test_audit_on_an_unwrapped_selection_model_evaluates_it_now():
     assert audit(peft_model, sel).ok
 
 
-AUDIT_ERRORS = [
-    (lambda pm, m: audit(pm, select(m, "linear & leaf")), r"has been rewritten by get_peft_model, and this selection was never patched"),
-    (lambda pm, m: audit(pm, 42), r"pass the Selection you patched with, its lock\(\) or a list of names; got int"),
-    (lambda pm, m: audit(pm, ["ok", 3]), r"names must be strings"),
-    (lambda pm, m: audit("model", ["a"]), r"needs the model get_peft_model returned, got str"),
-    (lambda pm, m: audit(pm, {"format": 1}), r"not a valid lock"),
-]
-
-
-@pytest.mark.parametrize("call, message", AUDIT_ERRORS, ids=[m for _, m in AUDIT_ERRORS])
-def test_audit_errors(call, message):
-    model = models.demo()
-    peft_model = quiet_peft(model, patch(LoraConfig(), select(model, SAFE_QUERY)))
-    with pytest.raises(ts.TargetselError, match=message):
-        call(peft_model, model)
+# audit() errors, parameters, snapshots and selections made before injection: tests/test_audit.py
 
 
 # ---------------------------------------------------------------------------- locks and drift

@@ -1,0 +1,151 @@
+"""The public API: `targetsel.__all__` is pinned, and every name is the documented object — never a
+submodule that shadows it — in any import order, including after patch() / check() / lock() /
+audit() ran (regression: `from targetsel import audit` gave the module `targetsel.audit` once
+patch() had imported it, and the README's patch → get_peft_model → audit flow raised TypeError)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+import types
+
+import pytest
+
+import targetsel as ts
+
+# name → the module that defines it
+PUBLIC = {
+    "Audit": "targetsel.audit",
+    "audit": "targetsel.audit",
+    "Drift": "targetsel.lock",
+    "check_lock": "targetsel.lock",
+    "Explanation": "targetsel.explain",
+    "Finding": "targetsel.checks",
+    "check": "targetsel.checks",
+    "ParameterSelection": "targetsel.parameters",
+    "Resolved": "targetsel.selection",
+    "Selection": "targetsel.selection",
+    "select": "targetsel.selection",
+    "Selector": "targetsel.nodes",
+    "load_spec": "targetsel.query",
+    "parse": "targetsel.query",
+    "patch": "targetsel.patch",
+    "verify": "targetsel.verify",
+    **{
+        name: "targetsel.errors"
+        for name in (
+            "ConfigError", "EmptySelectionError", "LayerSpecError", "ModelLoadError", "ModelMismatchError",
+            "ModelRewrittenError", "ModulesToSaveOverlapError", "NestedTargetsError", "NotAModuleError",
+            "NotSerialisableError", "PatternError", "PeftRejectionError", "PreflightError", "QuerySyntaxError",
+            "RegexTimeoutError", "SelectionError", "SpecError", "TargetselError", "TargetselWarning",
+            "UnknownNameError",
+        )
+    },
+}
+
+
+def _submodule_names() -> set[str]:
+    return {m.name for m in pkgutil.iter_modules(ts.__path__)} - {"__main__"}
+
+
+def test_all_is_pinned():
+    assert len(ts.__all__) == len(set(ts.__all__))
+    assert sorted(ts.__all__) == sorted(PUBLIC)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_each_name_is_the_object_its_module_defines(name):
+    value = getattr(ts, name)
+    assert not isinstance(value, types.ModuleType)
+    assert value is getattr(importlib.import_module(PUBLIC[name]), name)
+    assert name in dir(ts)
+
+
+def test_every_error_class_is_exported():
+    errors = importlib.import_module("targetsel.errors")
+    defined = {n for n, v in vars(errors).items() if isinstance(v, type) and v.__module__ == errors.__name__}
+    assert defined <= set(ts.__all__)
+
+
+def test_no_lazy_name_is_a_submodule_name():
+    # Importing a submodule sets the package attribute of its name: a lazy name equal to a submodule's
+    # would be shadowed by the module. Such names must be imported eagerly in __init__.
+    assert not set(ts._LAZY) & _submodule_names()
+    assert set(ts._LAZY) <= set(ts.__all__)
+
+
+def test_unknown_attribute_raises_attribute_error():
+    with pytest.raises(AttributeError, match=r"^module 'targetsel' has no attribute 'audits'$"):
+        ts.audits  # noqa: B018
+
+
+# What runs in a fresh interpreter before every public name is checked. Each ends with the names
+# resolved both ways: `targetsel.<name>` and `from targetsel import <name>`.
+SETUP = """
+import warnings; warnings.simplefilter("ignore")
+import torch
+from torch import nn
+from peft import LoraConfig, get_peft_model
+with torch.device("meta"):
+    model = nn.Module()
+    model.block = nn.Module()
+    model.block.q_proj = nn.Linear(4, 4)
+    model.block.v_proj = nn.Linear(4, 4)
+"""
+
+SCENARIOS = {
+    "fresh import": "import targetsel",
+    "submodule imported first": "import targetsel.audit, targetsel.patch, targetsel.verify, targetsel.checks",
+    "from-import of the submodule": "from targetsel.audit import audit as fn; from targetsel import select",
+    "every submodule imported": (
+        "import importlib, pkgutil, targetsel\n"
+        "for m in pkgutil.iter_modules(targetsel.__path__):\n"
+        "    if m.name != '__main__':  # running it would start the CLI\n"
+        "        importlib.import_module('targetsel.' + m.name)"
+    ),
+    "every lazy name, then every submodule": (
+        "import importlib, pkgutil, targetsel\n"
+        "[getattr(targetsel, n) for n in targetsel._LAZY]\n"
+        "for m in pkgutil.iter_modules(targetsel.__path__):\n"
+        "    if m.name != '__main__':  # running it would start the CLI\n"
+        "        importlib.import_module('targetsel.' + m.name)"
+    ),
+    "after patch()": "from targetsel import patch, select\nconfig = patch(LoraConfig(r=2), select(model, 'linear'))",
+    "after check()": "import targetsel\ntargetsel.check(model, targetsel.select(model, 'linear'))",
+    "after lock() and check_lock()": (
+        "from targetsel import select, check_lock\ncheck_lock(model, select(model, 'linear').lock())"
+    ),
+    "README flow: patch, get_peft_model, audit": (
+        "from targetsel import patch, select\n"
+        "sel = select(model, 'linear & glob:**.q_proj')\n"
+        "peft_model = get_peft_model(model, patch(LoraConfig(r=2), sel))\n"
+        "from targetsel import audit\n"
+        "assert audit(peft_model, sel).ok, audit(peft_model, sel)"
+    ),
+}
+
+CHECK = """
+import importlib, json, types
+import targetsel
+bad = {}
+for name, where in json.loads(PUBLIC).items():
+    namespace = {}
+    exec(f"from targetsel import {name} as value", namespace)
+    for how, value in (("attribute", getattr(targetsel, name)), ("from-import", namespace["value"])):
+        if isinstance(value, types.ModuleType) or value is not getattr(importlib.import_module(where), name):
+            bad[f"{name} ({how})"] = repr(value)
+print(json.dumps(bad))
+"""
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_public_names_in_a_fresh_interpreter(scenario):
+    code = SETUP + SCENARIOS[scenario] + "\n" + f"PUBLIC = {json.dumps(json.dumps(PUBLIC))}\n" + CHECK
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {}
