@@ -30,7 +30,8 @@ from .errors import (  # the error base class comes first: everything else raise
 from .nodes import Selector
 from .patch import patch
 from .selection import Resolved, Selection, select
-from .verify import verify
+from .verify import dry_run, verify
+from .injection import Injection
 
 # A public name that is also a submodule's name (patch, verify, audit) is imported here, eagerly:
 # the first import of a submodule sets the package attribute of that name to the module, which
@@ -74,6 +75,7 @@ __all__ = [
     "Drift",
     "EmptySelectionError",
     "Explanation",
+    "Injection",
     "Finding",
     "LayerSpecError",
     "ModelLoadError",
@@ -100,6 +102,7 @@ __all__ = [
     "audit",
     "check",
     "check_lock",
+    "dry_run",
     "load_spec",
     "parse",
     "patch",

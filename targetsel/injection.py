@@ -166,22 +166,28 @@ def read_adapted(base: nn.Module) -> dict[str, tuple[str, ...]]:
     skipped: list[str] = []  # raw-name prefixes whose subtrees are adapter internals or copies
     renamed: list[tuple[str, str]] = []  # (raw prefix, original prefix) inside modules_to_save wrappers
     for raw, module in base.named_modules():
-        if any(raw.startswith(p) for p in skipped):
+        if any(raw == p or raw.startswith(p + ".") for p in skipped):
             continue
         name = _original_name(raw, renamed)
         if isinstance(module, ModulesToSaveWrapper):
             out["saved"].append(name)
-            skipped.append(raw + ".modules_to_save.")  # the trained copy: counted once, as the original
-            renamed.append((raw + ".original_module.", name + "."))
+            skipped.append(raw + ".modules_to_save")  # the trained copy: counted once, as the original
+            renamed.append((raw + ".original_module", name))
         elif isinstance(module, TrainableTokensWrapper):
             out["tokens"].append(name)
-            skipped.append(raw + ".")
+            skipped.append(raw)
         elif isinstance(module, BaseTunerLayer):
-            skipped.append(raw + ".")  # its base_layer and adapter weights
             kind = type(module).__name__
             if kind == "ParamWrapper":
-                out["parameters"] += _wrapped_parameters(name, module)
-            elif kind == "TrainableTokensLayer":
+                # The wrapped module's own children can be targets too (`gate.base_layer.proj`):
+                # walk on through base_layer under the original name, skip only the adapter weights.
+                if not any(raw == inner for inner, _ in renamed):  # the outermost link lists the chain
+                    out["parameters"] += _wrapped_parameters(name, module)
+                skipped += [f"{raw}.{child}" for child in module._modules if child != "base_layer"]
+                renamed.append((raw + ".base_layer", name))
+                continue
+            skipped.append(raw)  # its base_layer and adapter weights
+            if kind == "TrainableTokensLayer":
                 out["tokens"].append(name)
                 if getattr(module, "_tied_adapter", None):
                     out["mirrors"].append(name)
@@ -191,10 +197,10 @@ def read_adapted(base: nn.Module) -> dict[str, tuple[str, ...]]:
 
 
 def _original_name(raw: str, renamed: list[tuple[str, str]]) -> str:
-    """The name before injection: a module inside a modules_to_save wrapper's `original_module`."""
-    for prefix, original in reversed(renamed):  # innermost wrapper first
-        if raw.startswith(prefix):
-            return _original_name(original + raw[len(prefix):], renamed)
+    """The name before injection: PEFT's `original_module` / `base_layer` links dropped."""
+    for inserted, original in reversed(renamed):  # innermost first
+        if raw == inserted or raw.startswith(inserted + "."):
+            return _original_name(original + raw[len(inserted):], renamed)
     return raw
 
 

@@ -122,11 +122,16 @@ class ParameterSelection:
                 f"no parameter of the {len(self._selection)} selected module(s) matches "
                 f"{self._pattern!r}" if self._pattern else "the selected modules hold no parameters"
             )
-        chosen = set(selected)
+        # A parametrized tensor (torch.nn.utils.parametrize) is stored as
+        # `mod.parametrizations.weight.original`; PEFT reaches it only by the exact key `mod.weight`, and
+        # matching the storage itself would replace the ParametrizationList (the model stops running).
+        exact = {k: _parametrized_key(k) for k in selected if _parametrized_key(k)}
+        plain = [k for k in selected if k not in exact]
+        chosen = set(plain)
         mask = [k in chosen for k in keys]
-        suffixes = minimal_suffixes(selected, ["", *keys], [False, *mask])
+        suffixes = minimal_suffixes(plain, ["", *keys], [False, *mask]) if plain else []
         if suffixes is None:
-            over = [k for k, m in zip(keys, list_matches(selected, keys)) if m and k not in chosen]
+            over = [k for k, m in zip(keys, list_matches(plain, keys)) if m and k not in chosen]
             raise SelectionError(
                 f"target_parameters is matched by exact name or dotted suffix only, and {len(over)} unselected "
                 f"parameter name(s) end with a selected one (e.g. {over[:3]}): no list targets exactly this "
@@ -135,10 +140,27 @@ class ParameterSelection:
         matched = list_matches(suffixes, keys)
         if matched != mask:  # pragma: no cover - minimal_suffixes is exact by construction
             raise TargetselError("internal error: the target_parameters list is not exact; please report it")
+        clash = [k for k in keys if k not in chosen and any(k.endswith("." + key) for key in exact.values())]
+        if clash:
+            raise SelectionError(
+                f"the parametrized parameter(s) {sorted(exact.values())} can only be targeted by their full key, "
+                f"which {len(clash)} other parameter name(s) end with (e.g. {clash[:3]}): no list targets exactly "
+                "this selection. Rename the modules, or leave the parametrized parameters out."
+            )
+        suffixes = suffixes + [key for key in dict.fromkeys(exact.values()) if key not in suffixes]
         from .audit import remember
 
         remember(self, selected)  # so audit() can compare after get_peft_model has wrapped them
         return suffixes
+
+
+def _parametrized_key(storage: str) -> str:
+    """`mod.weight` for the storage key `mod.parametrizations.weight.original` (or `original0`, …); "" otherwise."""
+    head, sep, tail = storage.rpartition(".parametrizations.")
+    if not sep:
+        return ""
+    tensor, dot, leaf = tail.partition(".")
+    return f"{head}.{tensor}" if dot and leaf.startswith("original") and "." not in leaf else ""
 
 
 def verify_parameters(model, config) -> list[str]:

@@ -246,6 +246,9 @@ def _patch_parameters(config: Any, psel):
             f"{outcome.error.rstrip('.')}. " + _fix_for_parameter_error(outcome.error),
             outcome.error,
         )
+    from .parameters import _parametrized_key
+
+    names = [_parametrized_key(n) or n for n in names]  # PEFT names a parametrized tensor by its module's key
     if list(outcome.parameters) != names or (before is not None and outcome.modules != before.modules):
         from .grouping import summarize_names
 

@@ -152,9 +152,10 @@ def modules_to_save_wraps(s: "_Subject") -> list["Finding"]:
     names, parents = s.index.names, s.index.parents
     suffixes = tuple(entries)
     wrapped = {i for i in range(1, len(names)) if names[i].endswith(suffixes)}
+    excluded = _excluded_by_peft(s, entries)
     hits, around = [], []
     for i in s.positions:
-        p = i
+        p = i if i not in excluded else parents[i]  # a target PEFT itself skips is modules-to-save-overlap
         while p > 0:
             if p in wrapped:
                 hits.append(i)
@@ -173,6 +174,17 @@ def modules_to_save_wraps(s: "_Subject") -> list["Finding"]:
         "modules. Rename the entry to the full module name, or leave those modules out of the targets."
     )
     return [_finding("modules-to-save-wraps", message, s, hits)]
+
+
+def _excluded_by_peft(s: "_Subject", entries: list[str]) -> set[int]:
+    """Selected positions PEFT's matcher skips as modules_to_save (its dot-bounded rule)."""
+    from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
+
+    from .checks import _probe_config
+
+    cfg = _probe_config(s.config, ".*")
+    cfg.modules_to_save = list(entries)
+    return {i for i in s.positions if isinstance(check_target_module_exists(cfg, s.index.names[i]), _ExcludedModule)}
 
 
 def peft_adds_targets(s: "_Subject") -> list["Finding"]:

@@ -215,7 +215,13 @@ def verify(model: nn.Module, config: Any, *, real: bool = False) -> list[str]:
             f"get_peft_model would raise on this {type(config).__name__} and {type(model).__name__}: {result.error}",
             result.error,
         )
+    if _method(config) == "TRAINABLE_TOKENS":  # the method's own layers are token layers
+        return [n for n in result.tokens if n not in set(result.mirrors)]
     return list(result.modules)
+
+
+def _method(config: Any) -> str:
+    return str(getattr(config.peft_type, "value", config.peft_type))
 
 
 def dry_run(model: nn.Module, config: Any, *, real: bool = False) -> Injection:
@@ -233,7 +239,7 @@ def dry_run(model: nn.Module, config: Any, *, real: bool = False) -> Injection:
 def _needs_real(config: Any) -> bool:
     """Config fields whose effect only a real injection shows (they add or move adapted modules)."""
     return bool(
-        str(getattr(config.peft_type, "value", config.peft_type)) == "TRAINABLE_TOKENS"  # token layers, tied mirrors
+        _method(config) == "TRAINABLE_TOKENS"  # token layers, tied mirrors
         or getattr(config, "layer_replication", None)
         or getattr(config, "trainable_token_indices", None)
         or getattr(config, "ensure_weight_tying", False)

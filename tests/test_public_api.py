@@ -35,6 +35,8 @@ PUBLIC = {
     "parse": "targetsel.query",
     "patch": "targetsel.patch",
     "verify": "targetsel.verify",
+    "dry_run": "targetsel.verify",
+    "Injection": "targetsel.injection",
     **{
         name: "targetsel.errors"
         for name in (
