@@ -121,7 +121,7 @@ def target_words(target_modules) -> list[str]:
 
 def nearest_misses(index, words) -> tuple[list[str], list[str]]:
     """(closest module names, closest class names) in the model for the given words, best first."""
-    segments = list(dict.fromkeys(seg for name in index.names[1:] for seg in name.split(".") if not seg.isdigit()))
+    segments = list(dict.fromkeys(seg for name in index.names[1:] for seg in name.split(".") if not (seg.isascii() and seg.isdigit())))
     full = index.names[1:] if index.size <= 20000 else []
     classes = index.class_names()
     mods: list[str] = []

@@ -298,10 +298,10 @@ class ModelIndex:
                 continue
             m = modules[i]
             if isinstance(m, list_types):
-                digits = sum(1 for k, v in m._modules.items() if v is not None and k.isdigit())
-            elif next(iter(m._modules)).isdigit():  # other modules count only when every child is numbered
+                digits = sum(1 for k, v in m._modules.items() if v is not None and _is_number(k))
+            elif _is_number(next(iter(m._modules))):  # other modules count only when every child is numbered
                 keys = [k for k, v in m._modules.items() if v is not None]
-                digits = len(keys) if all(k.isdigit() for k in keys) else 0
+                digits = len(keys) if all(_is_number(k) for k in keys) else 0
             else:
                 continue
             if digits:
@@ -319,7 +319,7 @@ class ModelIndex:
                 if i < covered_until:
                     continue
                 seg = names[i][names[i].rfind(".") + 1 :]
-                if not seg.isdigit():
+                if not _is_number(seg):
                     continue
                 p = parents[i]
                 container_t[i : ends[i]] = p
@@ -568,3 +568,9 @@ def get_index(model: nn.Module, *, for_names: bool = False) -> ModelIndex:
 def forget(model: nn.Module) -> None:
     """Drop the cached index of `model` (for code that edits `module._modules` directly)."""
     _cache.pop(model, None)
+
+
+def _is_number(segment: str) -> bool:
+    """A block number: ASCII digits only, as PEFT's layer regexes and `int()` agree on (`'¹'.isdigit()`
+    is True but `int('¹')` raises; `'٣'` would make `layers.٣` block 3 beside `layers.3`)."""
+    return segment.isascii() and segment.isdigit()

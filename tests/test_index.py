@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 import models
+from torch import nn
+
+from targetsel import select
 from targetsel.index import build_index
 
 TREES = {
@@ -30,3 +33,15 @@ def test_index_matches_named_modules_and_parameters(tree):
         assert counts[pos] == len(distinct), name
     numels = index.param_numels().tolist()
     assert numels[0] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("layers:0..", ["layers.0", "layers.1"]),
+    ("layers:-1", ["layers.1"]),
+    ("layers:1", ["layers.1"]),
+])
+def test_regression_non_ascii_digit_blocks(query, expected):
+    """`'¹'.isdigit()` is True but `int('¹')` raised; `layers.٣` counted as block 3 beside `layers.3`."""
+    m = nn.Module()
+    m.layers = nn.ModuleDict({"0": nn.Linear(2, 2), "1": nn.Linear(2, 2), "¹": nn.Linear(2, 2), "٣": nn.Linear(2, 2)})
+    assert select(m, query).names() == expected
