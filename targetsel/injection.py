@@ -251,7 +251,14 @@ def _reloads(model: nn.Module, peft_model, adapted: dict) -> bool:
     from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftConfig, PeftModel
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-    saved_keys = set(get_peft_model_state_dict(peft_model))
+    # save_embedding_layers=False: the adapter's own keys, without PEFT's hub look-up for resized vocabularies
+    def keys(m) -> set:
+        return set(get_peft_model_state_dict(m, save_embedding_layers=False))
+
+    try:
+        saved_keys = keys(peft_model)
+    except Exception:  # PEFT cannot even collect the adapter's weights
+        return False
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -265,11 +272,12 @@ def _reloads(model: nn.Module, peft_model, adapted: dict) -> bool:
             return False
         if _in_model_order(model, read_adapted(_base(again))) != adapted:
             return False
-        if set(get_peft_model_state_dict(again)) != saved_keys:
-            return False
         try:  # the weights go where PeftModel.load_adapter puts them
+            if keys(again) != saved_keys:
+                return False
             result = set_peft_model_state_dict(
-                again, get_peft_model_state_dict(peft_model), adapter_name="default", low_cpu_mem_usage=True
+                again, get_peft_model_state_dict(peft_model, save_embedding_layers=False), adapter_name="default",
+                low_cpu_mem_usage=True,
             )
         except Exception:
             return False

@@ -372,3 +372,45 @@ def test_regression_deepseek_dense_mlp_cannot_be_targeted_exactly():
             return
     adapted = oracle.peft_adapts(corpus.maker("deepseek_v3"), config)
     assert list(adapted.modules) == sel.names() and not adapted.parameters, adapted.describe()
+
+
+# ---------------------------------------------------------------- the fast path is PEFT
+
+
+def _fast_and_real(model, config):
+    from targetsel import dry_run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dry_run(model, config), dry_run(model, config, real=True)
+
+
+@pytest.mark.parametrize("case", DEFAULT_CASES, ids=[_case_id(c) for c in DEFAULT_CASES])
+def test_fast_path_agrees_with_real_injection(case):
+    """verify()'s O(N) path and a real get_peft_model on a skeleton give the same outcome for every
+    form targetsel hands out (and for the raw name list, which PEFT may rewrite), and the real one
+    agrees with the independent oracle on a freshly built model."""
+    model_type, query, frozen = case
+    model = selection_model(model_type, frozen)
+    sel = select(model, query)
+    if sel.is_empty():
+        return
+    configs = {"names": LoraConfig(target_modules=sel.names())}
+    for form in ("suffixes", "regex"):
+        try:
+            configs[form] = LoraConfig(target_modules=sel.to_peft(form, check_peft=False))
+        except ts.SelectionError:
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            configs["patch"] = ts.patch(LoraConfig(), sel)
+        except ts.TargetselError:
+            pass
+    for label, config in configs.items():
+        fast, real = _fast_and_real(model, config)
+        assert fast.same_outcome(real), f"{label}: fast {fast} vs real {real}"
+        truth = _adapted(model_type, frozen, config, wrap_any=False)
+        assert (real.error is None) == (truth.error is None), f"{label}: real {real.error} vs PEFT {truth.error}"
+        if real.error is None:
+            assert (real.modules, tuple(sorted(real.parameters))) == (truth.modules, tuple(sorted(truth.parameters))), label
