@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from targetsel import patch, select, verify  # noqa: E402
-from targetsel.index import build_index, forget, get_index  # noqa: E402
+from targetsel.model.index import build_index, forget, get_index  # noqa: E402
 
 TARGETS = {"P1": 1.3, "P2": 0.1, "P3": 200, "P4": 1.0, "P5": 1.02}
 # (label, layers, routed experts): ≈1k, ≈10k and ≈63k modules (61 × 256 × 3 Linears ≈ 47k of them)

@@ -5,7 +5,7 @@
     >>> config = patch(LoraConfig(r=16), select(model, "linear & trainable"))
 """
 
-from .errors import (  # the error base class comes first: everything else raises its subclasses
+from targetsel.errors import (  # the error base class comes first: everything else raises its subclasses
     ConfigError,
     EmptySelectionError,
     LayerSpecError,
@@ -27,30 +27,30 @@ from .errors import (  # the error base class comes first: everything else raise
     TargetselWarning,
     UnknownNameError,
 )
-from .nodes import Selector
-from .patch import patch
-from .selection import Resolved, Selection, select
-from .verify import dry_run, verify
-from .injection import Injection
+from targetsel.query.nodes import Selector
+from targetsel.bridge.patch import patch
+from targetsel.selection import Resolved, Selection, select
+from targetsel.bridge.verify import dry_run, verify
+from targetsel.bridge.injection import Injection
 
 # A public name that is also a submodule's name (patch, verify, audit) is imported here, eagerly:
 # the first import of a submodule sets the package attribute of that name to the module, which
 # would shadow a name served lazily by __getattr__ (`from targetsel import audit` gave the module
-# once patch() had imported targetsel.audit). tests/test_public_api.py holds every name to this.
-from .audit import Audit, audit
+# once patch() had imported targetsel.bridge.audit). tests/test_public_api.py holds every name to this.
+from targetsel.bridge.audit import Audit, audit
 
 __version__ = "0.1.0"
 
 # Parts that live in their own modules and are imported on first use; no name here is a submodule's.
 _LAZY = {
-    "Drift": ".lock",
-    "Explanation": ".explain",
-    "Finding": ".checks",
-    "ParameterSelection": ".parameters",
-    "check": ".checks",
-    "check_lock": ".lock",
-    "load_spec": ".query",
-    "parse": ".query",
+    "Drift": ".views.lock",
+    "Explanation": ".views.explain",
+    "Finding": ".bridge.checks",
+    "ParameterSelection": ".views.parameters",
+    "check": ".bridge.checks",
+    "check_lock": ".views.lock",
+    "load_spec": ".query.parser",
+    "parse": ".query.parser",
 }
 
 

@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
-from . import nodes as N
-from .errors import ModelMismatchError, ModelRewrittenError, SelectionError, SpecError, TargetselError
-from .evaluate import check_against_model, select_mask
-from .index import ModelIndex, get_index
+from targetsel.query import nodes as N
+from targetsel.errors import ModelMismatchError, ModelRewrittenError, SelectionError, SpecError, TargetselError
+from targetsel.model.evaluate import check_against_model, select_mask
+from targetsel.model.index import ModelIndex, get_index
 
 TypeLike = Union[type, str]
 
@@ -122,14 +122,14 @@ class Selection:
 
     def name(self, pattern: str) -> "Selection":
         """Regex *search* over the full dotted name (the `regex` package, with a time budget)."""
-        from .patterns import compile_regex
+        from targetsel.query.patterns import compile_regex
 
         compile_regex(N.normalise_regex(pattern))
         return self._refine(N.NameRegex(pattern=pattern))
 
     def glob(self, pattern: str) -> "Selection":
         """Dotted glob over the full name: `*` one segment, `**` any number, `{q,k}` and `{0..31}` sets."""
-        from .patterns import glob_to_regex
+        from targetsel.query.patterns import glob_to_regex
 
         glob_to_regex(pattern)
         return self._refine(N.Glob(pattern=pattern))
@@ -154,7 +154,7 @@ class Selection:
         model has several containers (a vision and a language tower), negative indices count from
         the end of each; `within="language_model.layers"` (full name or dotted suffix) keeps one.
         """
-        from .layerspec import to_ranges
+        from targetsel.query.layerspec import to_ranges
 
         ranges = to_ranges(spec)
         if within is not None and (not isinstance(within, str) or not within.strip()):
@@ -164,7 +164,7 @@ class Selection:
     def component(self, name: str) -> "Selection":
         """vision, audio, language, projector or head — found from the model's structure."""
         if name not in N.COMPONENTS:
-            from .errors import UnknownNameError, did_you_mean
+            from targetsel.errors import UnknownNameError, did_you_mean
 
             raise UnknownNameError(
                 f"unknown component {name!r}; components are {', '.join(N.COMPONENTS)}"
@@ -259,7 +259,7 @@ class Selection:
 
     def regex(self) -> str:
         """An anchored `re` regex that fullmatches exactly the selected names among this model's modules."""
-        from .compile import exact_regex
+        from targetsel.views.targets import exact_regex
 
         return exact_regex(self)
 
@@ -271,37 +271,37 @@ class Selection:
         would rewrite or reject on this model by name (its transformers-5 MoE conversion, the Mamba
         guard) raises `ConfigError` saying what PEFT would do instead; `check_peft=False` skips that.
         """
-        from .compile import compile_targets
+        from targetsel.views.targets import compile_targets
 
         return compile_targets(self, form, check_peft=check_peft)
 
     def lora_params(self, r: int) -> int:
         """The parameters LoRA at rank `r` adds to the selected modules (r × (in + out) per layer)."""
-        from .display import lora_params
+        from targetsel.views.display import lora_params
 
         return lora_params(self, r)
 
     def explain(self, name: str):
         """For one module: each clause of the selector, whether it kept or dropped the module, and why."""
-        from .explain import explain
+        from targetsel.views.explain import explain
 
         return explain(self, name)
 
     def parameters(self, pattern: Optional[str] = None):
         """The `nn.Parameter`s (regex search over their full names) inside the selected modules."""
-        from .parameters import ParameterSelection
+        from targetsel.views.parameters import ParameterSelection
 
         return ParameterSelection(self, pattern)
 
     def lock(self) -> dict:
         """The selector, the resolved names, a hash and the library versions: compare later with `check_lock`."""
-        from .lock import lock
+        from targetsel.views.lock import lock
 
         return lock(self)
 
     def resolved(self) -> "Resolved":
         """What this selection means now, frozen: for logs, and for `audit()` after `get_peft_model`."""
-        from .audit import remember
+        from targetsel.bridge.audit import remember
 
         index = self._index()
         names = [index.names[i] for i in self._mask(index).nonzero().flatten().tolist()]
@@ -319,12 +319,12 @@ class Selection:
         return None
 
     def __repr__(self) -> str:
-        from .display import render_text
+        from targetsel.views.display import render_text
 
         return self._rewritten() or render_text(self)
 
     def _repr_html_(self) -> str:
-        from .display import render_html
+        from targetsel.views.display import render_html
 
         stale = self._rewritten()
         if stale:
@@ -334,7 +334,7 @@ class Selection:
         return render_html(self)
 
     def __rich__(self):
-        from .display import render_rich
+        from targetsel.views.display import render_rich
 
         return self._rewritten() or render_rich(self)
 
@@ -403,7 +403,7 @@ class Resolved:
                    module_count=data["module_count"], kind=data["kind"], pattern=data["pattern"])
 
     def __repr__(self) -> str:
-        from .grouping import summarize_names
+        from targetsel.text.grouping import summarize_names
 
         shown = summarize_names(list(self.names), limit=4) if self.names else "nothing"
         if self.kind == "parameters":
@@ -427,7 +427,7 @@ def _coerce(value: Any, within: Selection):
     if isinstance(value, N.Selector):
         return value.root
     if isinstance(value, str):
-        from .query import parse
+        from targetsel.query.parser import parse
 
         node = parse(value).root
         check_against_model(node, get_index(within._model, for_names=True))
@@ -456,7 +456,7 @@ def select(model: nn.Module, query: Union[str, N.Selector, None] = None) -> Sele
     if isinstance(query, N.Selector):
         return Selection(model, query.root)
     if isinstance(query, str):
-        from .query import parse
+        from targetsel.query.parser import parse
 
         node = parse(query).root
         try:

@@ -22,8 +22,8 @@ from torch import nn
 import models
 import targetsel as ts
 from targetsel import Resolved, audit, patch, select
-from targetsel.audit import wrapped_modules, wrapped_parameters
-from targetsel.index import build_index
+from targetsel.bridge.audit import wrapped_modules, wrapped_parameters
+from targetsel.model.index import build_index
 
 SIZES = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
              vocab_size=100)

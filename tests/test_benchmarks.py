@@ -33,7 +33,7 @@ def test_smallest_size_runs_and_reports_every_figure(bench):
 
 def test_routed_experts_config_is_small_at_full_size_layout(bench):
     """The P3 layout (61 layers × 256 experts) compiles to ≤ 200 characters; checked on names only, fast."""
-    from targetsel.regex_build import names_regex
+    from targetsel.text.names_regex import names_regex
 
     names = [f"model.layers.{l}.mlp.experts.{e}.{p}" for l in range(30, 61) for e in range(256) for p in ("gate_proj", "up_proj", "down_proj")]
     assert len("^" + names_regex(names) + "$") <= 200

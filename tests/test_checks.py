@@ -13,7 +13,7 @@ from torch import nn
 import models
 import targetsel as ts
 from targetsel import check, patch, select, verify
-from targetsel.checks import CODES
+from targetsel.bridge.checks import CODES
 
 SAFE = "linear & trainable - type:PLoRA - under:(type:PLoRA)"
 
@@ -77,7 +77,7 @@ def test_incident_frozen_vision_tower_demo():
         "8 of the 20 selected modules have every parameter frozen (requires_grad=False), all inside the frozen "
         "vision_tower: vision_tower.layers.{0..3}.self_attn.{q,v}_proj (8). PEFT matches by name and gives them "
         "trainable LoRA adapters anyway, so the part you froze gets trained. A name-only target_modules cannot tell "
-        "them apart from the trainable modules of the same name: build the targets with targetsel.patch(config, "
+        "them apart from the trainable modules of the same name: build the targets with targetsel.bridge.patch(config, "
         "select(model).linear().trainable()), or set exclude_modules=r\"vision_tower\\..*\"."
     )
 

@@ -95,7 +95,7 @@ def test_show_json_is_stable_and_yaml_says_the_same():
 
 
 def test_show_table_on_a_transformers_config_json(llama_dir):
-    from targetsel.loading import load_model
+    from targetsel.cli.loading import load_model
 
     for target in (llama_dir, llama_dir / "config.json"):
         result = run("show", str(target), "linear & layers:-1..")

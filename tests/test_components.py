@@ -7,9 +7,10 @@ from torch import nn
 
 import models
 import targetsel as ts
+from targetsel.query.nodes import COMPONENTS
 from targetsel import select
-from targetsel.components import component_roots
-from targetsel.index import get_index
+from targetsel.model.components import component_roots
+from targetsel.model.index import get_index
 
 ITT = "AutoModelForImageTextToText"
 
@@ -46,13 +47,13 @@ def model_for(arch, auto):
 @pytest.mark.parametrize("arch, auto, expected", ARCHS, ids=[a for a, *_ in ARCHS])
 def test_component_roots(arch, auto, expected):
     model = model_for(arch, auto)
-    assert component_roots(get_index(model)) == {c: expected.get(c, []) for c in ts.nodes.COMPONENTS}
+    assert component_roots(get_index(model)) == {c: expected.get(c, []) for c in COMPONENTS}
 
 
 @pytest.mark.parametrize("arch, auto, expected", ARCHS, ids=[a for a, *_ in ARCHS])
 def test_components_are_disjoint_subtrees(arch, auto, expected):
     model = model_for(arch, auto)
-    selected = {c: select(model).component(c).names() for c in ts.nodes.COMPONENTS}
+    selected = {c: select(model).component(c).names() for c in COMPONENTS}
     for comp, roots in expected.items():
         names = selected[comp]
         assert all(any(n == r or n.startswith(r + ".") for r in roots) for n in names)

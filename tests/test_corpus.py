@@ -37,7 +37,7 @@ import corpus
 import oracle
 import targetsel as ts
 from targetsel import select
-from targetsel.compile import list_matches
+from targetsel.views.targets import list_matches
 
 FORMS = ("list", "suffixes", "regex", "auto")
 JUDGED = (*FORMS, "patch")

@@ -14,7 +14,7 @@ from torch import nn
 import models
 import targetsel as ts
 from targetsel import select
-from targetsel.display import (
+from targetsel.views.display import (
     COLUMNS,
     human,
     lora_layer_params,

@@ -7,7 +7,7 @@ from torch import nn
 
 import models
 from targetsel import select
-from targetsel.index import get_index
+from targetsel.model.index import get_index
 
 
 def test_requires_grad_change_is_seen_by_an_existing_selection():

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from targetsel import QuerySyntaxError, TargetselError
-from targetsel import nodes as N
-from targetsel.query import parse_uncached
+from targetsel.query import nodes as N
+from targetsel.query.parser import parse_uncached
 
 ATOMS = [
     "trainable", "frozen", "mixed", "linear", "leaf", "outermost", "all", "TRAINABLE", "Linear",

@@ -8,7 +8,7 @@ import models
 from torch import nn
 
 from targetsel import select
-from targetsel.index import build_index
+from targetsel.model.index import build_index
 
 TREES = {
     "demo": models.demo,

@@ -11,8 +11,8 @@ from torch import nn
 
 import models
 from targetsel import check, select
-from targetsel.checks import _embedding_ties
-from targetsel.index import get_index
+from targetsel.bridge.checks import _embedding_ties
+from targetsel.model.index import get_index
 
 
 def _plain_tied() -> nn.Module:

@@ -130,7 +130,7 @@ def test_layers_to_transform_with_a_suffix_list_raises():
     import dataclasses
     import re
 
-    from targetsel.grouping import summarize_names
+    from targetsel.text.grouping import summarize_names
 
     model = models.twelve_blocks()
     config = LoraConfig(r=2, layers_to_transform=[0], layers_pattern="layers")

@@ -15,7 +15,7 @@ from torch import nn
 import models
 import targetsel as ts
 from targetsel import audit, check_lock, patch, select, verify
-from targetsel.parameters import verify_parameters
+from targetsel.views.parameters import verify_parameters
 
 SAFE_QUERY = "linear & trainable - type:PLoRA - under:(type:PLoRA)"  # the demo's LoRA-safe layers
 

@@ -26,7 +26,7 @@ import models
 from oracle import Adapted, OracleDisagreement, peft_adapts, roundtrip, structure
 from targetsel import ConfigError, TargetselError, patch, select, verify
 from targetsel.errors import PeftRejectionError
-from targetsel.verify import dry_run
+from targetsel.bridge.verify import dry_run
 
 # ---------------------------------------------------------------------------- small models
 

@@ -17,7 +17,7 @@ import models
 import targetsel as ts
 from targetsel import check, select
 from targetsel.errors import PeftRejectionError
-from targetsel.verify import dry_run, verify
+from targetsel.bridge.verify import dry_run, verify
 
 
 def tiny_moe(model_type: str, **extra) -> nn.Module:

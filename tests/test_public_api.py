@@ -1,6 +1,6 @@
 """The public API: `targetsel.__all__` is pinned, and every name is the documented object — never a
 submodule that shadows it — in any import order, including after patch() / check() / lock() /
-audit() ran (regression: `from targetsel import audit` gave the module `targetsel.audit` once
+audit() ran (regression: `from targetsel import audit` gave the module `targetsel.bridge.audit` once
 patch() had imported it, and the README's patch → get_peft_model → audit flow raised TypeError)."""
 
 from __future__ import annotations
@@ -19,24 +19,24 @@ import targetsel as ts
 
 # name → the module that defines it
 PUBLIC = {
-    "Audit": "targetsel.audit",
-    "audit": "targetsel.audit",
-    "Drift": "targetsel.lock",
-    "check_lock": "targetsel.lock",
-    "Explanation": "targetsel.explain",
-    "Finding": "targetsel.checks",
-    "check": "targetsel.checks",
-    "ParameterSelection": "targetsel.parameters",
+    "Audit": "targetsel.bridge.audit",
+    "audit": "targetsel.bridge.audit",
+    "Drift": "targetsel.views.lock",
+    "check_lock": "targetsel.views.lock",
+    "Explanation": "targetsel.views.explain",
+    "Finding": "targetsel.bridge.checks",
+    "check": "targetsel.bridge.checks",
+    "ParameterSelection": "targetsel.views.parameters",
     "Resolved": "targetsel.selection",
     "Selection": "targetsel.selection",
     "select": "targetsel.selection",
-    "Selector": "targetsel.nodes",
-    "load_spec": "targetsel.query",
-    "parse": "targetsel.query",
-    "patch": "targetsel.patch",
-    "verify": "targetsel.verify",
-    "dry_run": "targetsel.verify",
-    "Injection": "targetsel.injection",
+    "Selector": "targetsel.query.nodes",
+    "load_spec": "targetsel.query.parser",
+    "parse": "targetsel.query.parser",
+    "patch": "targetsel.bridge.patch",
+    "verify": "targetsel.bridge.verify",
+    "dry_run": "targetsel.bridge.verify",
+    "Injection": "targetsel.bridge.injection",
     **{
         name: "targetsel.errors"
         for name in (
@@ -101,8 +101,8 @@ with torch.device("meta"):
 
 SCENARIOS = {
     "fresh import": "import targetsel",
-    "submodule imported first": "import targetsel.audit, targetsel.patch, targetsel.verify, targetsel.checks",
-    "from-import of the submodule": "from targetsel.audit import audit as fn; from targetsel import select",
+    "submodule imported first": "import targetsel.bridge.audit, targetsel.bridge.patch, targetsel.bridge.verify, targetsel.bridge.checks",
+    "from-import of the submodule": "from targetsel.bridge.audit import audit as fn; from targetsel import select",
     "every submodule imported": (
         "import importlib, pkgutil, targetsel\n"
         "for m in pkgutil.iter_modules(targetsel.__path__):\n"

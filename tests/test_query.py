@@ -12,8 +12,8 @@ from torch import nn
 import models
 import targetsel as ts
 from targetsel import QuerySyntaxError, parse, select
-from targetsel import nodes as N
-from targetsel.query import parse_uncached
+from targetsel.query import nodes as N
+from targetsel.query.parser import parse_uncached
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +350,7 @@ def test_callables_cannot_be_serialised_and_say_so(demo):
 
 def test_every_fluent_filter_has_an_atom():
     """The README promises every fluent filter an atom; this keeps the two lists in step."""
-    from targetsel.query import FLAGS, KEYED
+    from targetsel.query.parser import FLAGS, KEYED
     from targetsel.selection import Selection
 
     filters = {"trainable", "frozen", "mixed", "linear", "leaf", "outermost", "type", "name", "glob", "under", "layers", "component"}

@@ -20,10 +20,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 import targetsel as ts
-from targetsel.compile import _check_exact
-from targetsel.grouping import group_names
-from targetsel.patterns import glob_to_regex
-from targetsel.regex_build import int_range_regex, int_set_regex, names_regex
+from targetsel.views.targets import _check_exact
+from targetsel.text.grouping import group_names
+from targetsel.query.patterns import glob_to_regex
+from targetsel.text.names_regex import int_range_regex, int_set_regex, names_regex
 
 ARABIC_3, DEVANAGARI_3, FULLWIDTH_3, SUPERSCRIPT_1 = "\u0663", "\u0969", "\uff13", "\u00b9"  # ٣ ३ ３ ¹
 UNICODE_DIGITS = ARABIC_3 + DEVANAGARI_3 + FULLWIDTH_3 + SUPERSCRIPT_1 + "\u0660\u0967\u00b2"  # + ٠ १ ²

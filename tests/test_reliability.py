@@ -16,6 +16,7 @@ from torch import nn
 
 import models
 import targetsel as ts
+from targetsel.model.index import forget
 from targetsel import check, check_lock, patch, select, verify
 
 # ---------------------------------------------------------------------------- regex safety
@@ -134,7 +135,7 @@ import json, warnings
 warnings.simplefilter("ignore")
 from targetsel import select, check
 from targetsel.demo import build_demo_model
-from targetsel.grouping import group_names
+from targetsel.text.grouping import group_names
 m = build_demo_model()
 out = {}
 for q in ["linear & trainable", "linear & trainable - type:PLoRA - under:(type:PLoRA)", "glob:**.{q,v}_proj | layers:-2..", "frozen & leaf"]:
@@ -173,7 +174,7 @@ def test_same_selector_same_answer_within_a_process():
 # caller's setting back after every call, failed ones included, and to user callables meanwhile.
 THREAD_CALLS = [
     ("query", lambda m: select(m, "linear & trainable & layers:-2..").names(), None),
-    ("fresh-index", lambda m: (ts.index.forget(m), select(m).glob("**.fc1").names()), None),
+    ("fresh-index", lambda m: (forget(m), select(m).glob("**.fc1").names()), None),
     ("display", lambda m: str(select(m, "linear")), None),
     ("failing-where", lambda m: select(m).where(lambda n, mod: 1 / 0).names(), ts.TargetselError),
     ("unknown-container", lambda m: select(m, "layers:0@nowhere").names(), ts.UnknownNameError),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .checks import Finding, _Subject
+    from targetsel.bridge.checks import Finding, _Subject
 
 # code → (severity, PEFT raises or crashes, summary); merged into checks.CODES.
 CODES = {
@@ -35,7 +35,7 @@ def peft_rejects(s: "_Subject") -> list["Finding"]:
         return _mamba_guard(s)
     if any(w in outcome.error for w in _EXPLAINED_ELSEWHERE) or "not a valid target" in outcome.error:
         return []  # unsupported-type / container-target / parameter-and-module-target say it better
-    from .checks import _finding
+    from targetsel.bridge.checks import _finding
 
     fix = _fix(outcome.error)
     return [_finding("peft-rejects", f"get_peft_model would raise {outcome.error.rstrip('.')}. {fix}", s, s.positions)]
@@ -45,8 +45,8 @@ def _mamba_guard(s: "_Subject") -> list["Finding"]:
     """For a selection (no config outcome): PEFT's Mamba guard refuses some leaf names for LoRA."""
     if s.from_config:
         return []
-    from .checks import _finding
-    from .verify import peft_rewrites
+    from targetsel.bridge.checks import _finding
+    from targetsel.bridge.verify import peft_rewrites
 
     leaves = {}
     for i in s.positions:
@@ -68,7 +68,7 @@ def _fix(error: str) -> str:
         return "Leave those modules out of the targets (for a selection: - glob:**.out_proj - glob:**.conv1d)."
     if "Cannot convert PEFT target" in error:
         return ("PEFT's MoE conversion reads these names as expert projections: target the fused experts with "
-                "targetsel's .parameters(), or build the targets with targetsel.patch, which refuses what PEFT cannot adapt.")
+                "targetsel's .parameters(), or build the targets with targetsel.bridge.patch, which refuses what PEFT cannot adapt.")
     if "modules_to_save" in error or "ModulesToSaveWrapper" in error:
         return "Remove the adapted modules (or their parents) from modules_to_save."
     return "Change the targets or the config fields named above."
@@ -79,8 +79,8 @@ def peft_rewrites_targets(s: "_Subject") -> list["Finding"]:
     outcome = s.outcome
     if outcome is None or outcome.error is not None:
         return []
-    from .checks import _finding
-    from .verify import name_matches
+    from targetsel.bridge.checks import _finding
+    from targetsel.bridge.verify import name_matches
 
     as_written = name_matches(s.model, s.config, convert=False)
     written = {s.index.names[i] for i in as_written}
@@ -103,7 +103,7 @@ def peft_rewrites_targets(s: "_Subject") -> list["Finding"]:
     message = (
         f"PEFT's transformers-5 MoE conversion rewrites target_modules for {model_type!r} models before matching "
         f"(to {_short(outcome.target_modules)}): " + "; ".join(parts) + ". Build the targets with "
-        "targetsel.patch(config, select(model, ...)), which picks a form PEFT keeps or refuses, and target fused "
+        "targetsel.bridge.patch(config, select(model, ...)), which picks a form PEFT keeps or refuses, and target fused "
         "experts with .parameters()."
     )
     positions = [s.index.position(n) for n in lost + extra]
@@ -127,7 +127,7 @@ def parameter_and_module_target(s: "_Subject") -> list["Finding"]:
     outcome = s.outcome
     if outcome is None or outcome.error is None or "not a valid target" not in outcome.error:
         return []
-    from .checks import _finding
+    from targetsel.bridge.checks import _finding
 
     params = list(getattr(s.config, "target_parameters", None) or [])
     names = [s.index.names[i] for i in s.positions]
@@ -143,8 +143,8 @@ def parameter_and_module_target(s: "_Subject") -> list["Finding"]:
 
 def modules_to_save_wraps(s: "_Subject") -> list["Finding"]:
     """`_set_trainable` wraps every module whose name ends with an entry — no dot boundary."""
-    from .checks import _finding
-    from .verify import effective_modules_to_save
+    from targetsel.bridge.checks import _finding
+    from targetsel.bridge.verify import effective_modules_to_save
 
     entries = effective_modules_to_save(s.config)
     if not entries or not s.positions:
@@ -180,7 +180,7 @@ def _excluded_by_peft(s: "_Subject", entries: list[str]) -> set[int]:
     """Selected positions PEFT's matcher skips as modules_to_save (its dot-bounded rule)."""
     from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
 
-    from .checks import _probe_config
+    from targetsel.bridge.checks import _probe_config
 
     cfg = _probe_config(s.config, ".*")
     cfg.modules_to_save = list(entries)
@@ -191,8 +191,8 @@ def peft_adds_targets(s: "_Subject") -> list["Finding"]:
     outcome = s.outcome
     if outcome is None or outcome.error is not None:
         return []
-    from .checks import _finding
-    from .verify import name_matches
+    from targetsel.bridge.checks import _finding
+    from targetsel.bridge.verify import name_matches
 
     named = {s.index.names[i] for i in name_matches(s.model, s.config)}
     extra = [n for n in outcome.modules if n not in named]
@@ -213,7 +213,7 @@ def trainable_tokens(s: "_Subject") -> list["Finding"]:
     outcome = s.outcome
     if outcome is None or not outcome.tokens:
         return []
-    from .checks import _finding
+    from targetsel.bridge.checks import _finding
 
     message = (
         f"trainable_token_indices adds a trainable-token layer to {s.grouped(list(outcome.tokens), 3)}: those "

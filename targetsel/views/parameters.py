@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from .errors import PatternError, SelectionError, TargetselError
+from targetsel.errors import PatternError, SelectionError, TargetselError
 
 
 def parameter_keys(index) -> list[tuple[int, str, str]]:
@@ -42,12 +42,12 @@ class ParameterSelection:
     __slots__ = ("_selection", "_pattern")
 
     def __init__(self, selection, pattern: Optional[str] = None):
-        from .selection import Selection
+        from targetsel.selection import Selection
 
         if not isinstance(selection, Selection):
             raise TargetselError(f"ParameterSelection needs a Selection, got {type(selection).__name__}")
         if pattern is not None:
-            from .patterns import compile_regex
+            from targetsel.query.patterns import compile_regex
 
             if not isinstance(pattern, str) or not pattern:
                 raise PatternError(f"parameters(pattern): a non-empty regex string, got {pattern!r}")
@@ -75,7 +75,7 @@ class ParameterSelection:
         keys = parameter_keys(index)
         candidates = [key for pos, _, key in keys if inside[pos] and pos > 0]
         if self._pattern is not None:
-            from .patterns import search_names
+            from targetsel.query.patterns import search_names
 
             candidates = [candidates[i] for i in search_names(self._pattern, candidates, range(len(candidates)))]
         return candidates, [key for _, _, key in keys]
@@ -95,8 +95,8 @@ class ParameterSelection:
 
     def resolved(self):
         """What this parameter selection means now, frozen (`Resolved`, kind "parameters"): for logs and `audit()`."""
-        from .audit import remember
-        from .selection import Resolved
+        from targetsel.bridge.audit import remember
+        from targetsel.selection import Resolved
 
         names = self.names()
         remember(self, names)
@@ -114,7 +114,7 @@ class ParameterSelection:
 
     def to_peft(self) -> list[str]:
         """The `target_parameters` list PEFT resolves to exactly these parameters (shortest exact suffixes)."""
-        from .compile import list_matches, minimal_suffixes
+        from targetsel.views.targets import list_matches, minimal_suffixes
 
         selected, keys = self._selected()
         if not selected:
@@ -148,7 +148,7 @@ class ParameterSelection:
                 "this selection. Rename the modules, or leave the parametrized parameters out."
             )
         suffixes = suffixes + [key for key in dict.fromkeys(exact.values()) if key not in suffixes]
-        from .audit import remember
+        from targetsel.bridge.audit import remember
 
         remember(self, selected)  # so audit() can compare after get_peft_model has wrapped them
         return suffixes
@@ -169,8 +169,8 @@ def verify_parameters(model, config) -> list[str]:
     PEFT matches them inline in `_inject_parameters` (no function to call), so this is that rule:
     each module's own parameters, key `module_name.param_name`, exact or dotted-suffix match.
     """
-    from .compile import list_matches
-    from .index import get_index
+    from targetsel.views.targets import list_matches
+    from targetsel.model.index import get_index
 
     targets = list(getattr(config, "target_parameters", None) or [])
     if not targets:

@@ -22,10 +22,10 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .compile import list_matches
-from .errors import ConfigError, PeftRejectionError, TargetselError
-from .injection import Injection, real_injection
-from .index import get_index
+from targetsel.views.targets import list_matches
+from targetsel.errors import ConfigError, PeftRejectionError, TargetselError
+from targetsel.bridge.injection import Injection, real_injection
+from targetsel.model.index import get_index
 
 
 def require_peft_config(config: Any, what: str = "patch()") -> None:
@@ -173,7 +173,7 @@ def _infer_default_targets(cfg, model):
     if targets is None:
         raise PeftRejectionError(
             f"{type(cfg).__name__}.target_modules is None and PEFT has no default targets for "
-            f"model type {model_type!r}: set target_modules (e.g. with targetsel.patch).",
+            f"model type {model_type!r}: set target_modules (e.g. with targetsel.bridge.patch).",
             "ValueError: Please specify `target_modules` in `peft_config`",
         )
     cfg.target_modules = set(targets) if not isinstance(targets, str) else targets
@@ -336,7 +336,7 @@ def _has_nested(index, positions: list[int]) -> bool:
 def _rejected(model, cfg, index, positions: list[int]) -> tuple[Optional[str], dict]:
     """What inject_adapter raises for these targets, in model order (the Mamba guard, then the
     dispatch), and PEFT's answer for each targeted class."""
-    from .checks import probe
+    from targetsel.bridge.checks import probe
 
     try:
         from peft.tuners.tuners_utils import _check_lora_target_modules_mamba
@@ -372,7 +372,7 @@ def _modules_to_save_wrapped(config, index, targeted: list[int], probes: dict) -
         internals = probes[type(index.modules[i])].internals
         if internals is None or any(f"{index.names[i]}.{n}".endswith(suffixes) for n in internals):
             return None
-    from .checks import _aliases
+    from targetsel.bridge.checks import _aliases
 
     if _aliases(index):
         return None  # _set_trainable walks named_modules(remove_duplicate=False)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
-from .errors import NotSerialisableError, TargetselError
+from targetsel.errors import NotSerialisableError, TargetselError
 
 FLAG_KINDS = ("all", "trainable", "frozen", "mixed", "linear", "leaf", "outermost")
 COMPONENTS = ("vision", "audio", "language", "projector", "head")
@@ -68,7 +68,7 @@ class NameRegex(_Node):
     @classmethod
     def _pattern(cls, v: str) -> str:
         v = normalise_regex(v)
-        from .patterns import compile_regex
+        from targetsel.query.patterns import compile_regex
 
         _as_value_error(compile_regex, v)
         return v
@@ -83,7 +83,7 @@ class Glob(_Node):
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, v: str) -> str:
-        from .patterns import glob_to_regex
+        from targetsel.query.patterns import glob_to_regex
 
         _as_value_error(glob_to_regex, v)
         return v
@@ -115,7 +115,7 @@ class Layers(_Node):
     @field_validator("ranges")
     @classmethod
     def _ranges(cls, v):
-        from .layerspec import check_ranges
+        from targetsel.query.layerspec import check_ranges
 
         return _as_value_error(check_ranges, tuple(tuple(r) for r in v))
 
@@ -222,7 +222,7 @@ class Selector(RootModel[Node]):
 
 
 def check_type_name(name: str) -> str:
-    from .errors import UnknownNameError
+    from targetsel.errors import UnknownNameError
 
     if not isinstance(name, str) or not name or any(c.isspace() for c in name):
         raise UnknownNameError(f"a type is a class or a class name such as 'Linear', got {name!r}")
@@ -309,7 +309,7 @@ def quote_regex(pattern: str) -> str:
 
 
 def _atom(node) -> str:
-    from .layerspec import ranges_text
+    from targetsel.query.layerspec import ranges_text
 
     if isinstance(node, Flag):
         return node.kind

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import nodes as N
-from .errors import closest
-from .evaluate import EvalContext, evaluate
+from targetsel.query import nodes as N
+from targetsel.errors import closest
+from targetsel.model.evaluate import EvalContext, evaluate
 
 if TYPE_CHECKING:
-    from .selection import Selection
+    from targetsel.selection import Selection
 
 
 def _clause_label(node) -> str:
@@ -56,7 +56,7 @@ def _why(node, ctx: EvalContext, before: torch.Tensor) -> str:
             return "none of the candidates sits inside a numbered block (a ModuleList-like container)"
         return f"no candidate's block index is in that range (block containers here have {lengths} blocks)"
     if isinstance(node, N.Component):
-        from .components import component_roots
+        from targetsel.model.components import component_roots
 
         roots = component_roots(index)
         if not roots[node.name]:

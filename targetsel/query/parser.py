@@ -28,8 +28,8 @@ from typing import Any, Optional, Union
 
 from pydantic import ValidationError
 
-from . import nodes as N
-from .errors import LayerSpecError, PatternError, QuerySyntaxError, SpecError, TargetselError, closest
+from targetsel.query import nodes as N
+from targetsel.errors import LayerSpecError, PatternError, QuerySyntaxError, SpecError, TargetselError, closest
 
 FLAGS = {kind: N.Flag(kind=kind) for kind in N.FLAG_KINDS}
 KEYED = ("type", "name", "glob", "under", "layers", "component")
@@ -316,7 +316,7 @@ class _Parser:
         raw = self.q[column + 1 : i]
         if not raw:
             self.fail("empty regex", column, "name:/…/ needs a pattern; `all` selects every module")
-        from .patterns import compile_regex
+        from targetsel.query.patterns import compile_regex
 
         try:
             compile_regex(raw)  # `\/` is a valid escape, so error positions are columns of `raw`
@@ -329,7 +329,7 @@ class _Parser:
 
     def atom_glob(self, start: int):
         pattern, column = self.value(start, "a dotted glob")
-        from .patterns import glob_to_regex
+        from targetsel.query.patterns import glob_to_regex
 
         try:
             glob_to_regex(pattern)
@@ -347,7 +347,7 @@ class _Parser:
         return self.node(N.Under, column, prefix=prefix)
 
     def atom_layers(self, start: int):
-        from .layerspec import parse_range_text
+        from targetsel.query.layerspec import parse_range_text
 
         column = self.pos
         i = column

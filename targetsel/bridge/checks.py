@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from .errors import (
+from targetsel.errors import (
     EmptySelectionError,
     ModulesToSaveOverlapError,
     NestedTargetsError,
@@ -35,7 +35,7 @@ from .errors import (
     TargetselError,
     TargetselWarning,
 )
-from .grouping import summarize_names
+from targetsel.text.grouping import summarize_names
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -65,7 +65,7 @@ CODES: dict[str, CodeInfo] = {
 
 def _merge_peft_codes() -> None:
     """The codes of the rules that judge a config by a dry run of PEFT (peft_rules.py), errors with errors."""
-    from .peft_rules import CODES as PEFT_CODES
+    from targetsel.bridge.peft_rules import CODES as PEFT_CODES
 
     merged: dict[str, CodeInfo] = {}
     for severity in SEVERITIES:
@@ -147,11 +147,11 @@ class _Subject:
 def _resolve(model, target, config) -> _Subject:
     from peft import LoraConfig, PeftConfig
 
-    from . import nodes as N
-    from .errors import ModelMismatchError
-    from .index import get_index
-    from .selection import Selection, select
-    from .verify import dry_run, name_matches, require_peft_config
+    from targetsel.query import nodes as N
+    from targetsel.errors import ModelMismatchError
+    from targetsel.model.index import get_index
+    from targetsel.selection import Selection, select
+    from targetsel.bridge.verify import dry_run, name_matches, require_peft_config
 
     index = get_index(model)  # NotAModuleError for anything but an nn.Module
     if isinstance(target, PeftConfig):
@@ -201,7 +201,7 @@ def check(model: nn.Module, target, *, config: Any = None) -> list[Finding]:
     findings: list[Finding] = []
     rejected = subject.outcome is not None and subject.outcome.error is not None
     if not subject.positions and rejected and "NoMatchingPeftModuleError" not in subject.outcome.error:
-        from .peft_rules import peft_rejects
+        from targetsel.bridge.peft_rules import peft_rejects
 
         findings += peft_rejects(subject)
     elif not subject.positions:
@@ -223,7 +223,7 @@ def _finding(code: str, message: str, subject: _Subject, positions: Sequence[int
 
 
 def _empty_selection(s: _Subject) -> list[Finding]:
-    from .diagnose import explain_empty, nearest_misses_text, selector_words, target_words
+    from targetsel.views.diagnose import explain_empty, nearest_misses_text, selector_words, target_words
 
     if s.selection is not None:
         text = explain_empty(s.selection)
@@ -239,12 +239,12 @@ def _empty_selection(s: _Subject) -> list[Finding]:
         text += f"; without {cleared[0]} it would target {len(cleared[1])}: {s.grouped(cleared[1], 4)}"
     text += "; get_peft_model would raise ValueError."
     text += nearest_misses_text(s.index, target_words(cfg.target_modules))
-    return [_finding("empty-selection", text + " Name modules that exist, or build the targets with targetsel.patch(config, select(model, ...)).", s)]
+    return [_finding("empty-selection", text + " Name modules that exist, or build the targets with targetsel.bridge.patch(config, select(model, ...)).", s)]
 
 
 def _without_match_fields(s: _Subject):
     """For an empty config target: (field text, names) if removing exclude/modules_to_save/layers fields changes that."""
-    from .verify import verify
+    from targetsel.bridge.verify import verify
 
     present = {f: getattr(s.config, f, None) for f in ("exclude_modules", "modules_to_save", "layers_to_transform", "layers_pattern")}
     present = {f: v for f, v in present.items() if v not in (None, [], "", set())}
@@ -261,7 +261,7 @@ def _without_match_fields(s: _Subject):
 
 
 def _all_frozen(s: _Subject) -> list[Finding]:
-    from . import nodes as N
+    from targetsel.query import nodes as N
 
     if s.selection is None:
         return []
@@ -312,7 +312,7 @@ def _nested_targets(s: _Subject) -> list[Finding]:
     if s.from_config:
         fix = (
             "Name only one level in target_modules (the layers, e.g. q_proj), or build the targets with "
-            "targetsel.patch(config, select(model, ...).leaf())."
+            "targetsel.bridge.patch(config, select(model, ...).leaf())."
         )
     else:
         fix = "Keep one level: add .leaf() (innermost) or .outermost() (outermost), or & leaf / & outermost in a query."
@@ -324,7 +324,7 @@ def _nested_targets(s: _Subject) -> list[Finding]:
 
 
 def _frozen_target(s: _Subject) -> list[Finding]:
-    from .diagnose import frozen_root
+    from targetsel.views.diagnose import frozen_root
 
     total, requiring = s.grad
     frozen = [i for i in s.positions if total[i] > 0 and requiring[i] == 0]
@@ -336,7 +336,7 @@ def _frozen_target(s: _Subject) -> list[Finding]:
     if s.from_config:
         fix = (
             "A name-only target_modules cannot tell them apart from the trainable modules of the same name: build the "
-            "targets with targetsel.patch(config, select(model).linear().trainable())"
+            "targets with targetsel.bridge.patch(config, select(model).linear().trainable())"
             + (f", or set exclude_modules=r\"{re.escape(outer[0])}" + r'\..*"' if outer else "")
             + "."
         )
@@ -419,7 +419,7 @@ def _peft_words(text: str) -> str:
 
 def _static_supported(cls: type) -> bool:
     """The layer families PEFT's default LoRA dispatch checks with isinstance (used when the probe itself breaks)."""
-    from .evaluate import is_linear_class
+    from targetsel.model.evaluate import is_linear_class
 
     return is_linear_class(cls) or issubclass(cls, (nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention))
 
@@ -479,7 +479,7 @@ def _wrap_findings(s: _Subject) -> list[Finding]:
     if unsupported and not s.from_config:
         # Targets PEFT's MoE conversion turns into target_parameters (a router's `gate`) never reach the
         # dispatch: patch() says what PEFT does with them instead.
-        from .verify import converted_names
+        from targetsel.bridge.verify import converted_names
 
         converted = converted_names(s.model, [s.index.names[i] for i in unsupported])
         unsupported = [i for i in unsupported if s.index.names[i] not in converted]
@@ -503,7 +503,7 @@ def _by_class(s: _Subject, positions: Sequence[int]) -> dict[type, list[int]]:
 
 def _fix_for_layers(s: _Subject) -> str:
     if s.from_config:
-        return "Name the layers themselves in target_modules (e.g. q_proj, or \"all-linear\"), or build the targets with targetsel.patch(config, select(model).linear())."
+        return "Name the layers themselves in target_modules (e.g. q_proj, or \"all-linear\"), or build the targets with targetsel.bridge.patch(config, select(model).linear())."
     return "Keep the layers the method wraps: add .linear() (& linear in a query)."
 
 
@@ -515,7 +515,7 @@ def _container_finding(s: _Subject, positions: list[int], probes) -> Finding:
         f"{len(positions)} selected module(s) are containers — modules with children, not layers — that "
         f"{s.method} cannot wrap ({kinds}): {s.grouped([s.index.names[i] for i in positions])}. get_peft_model "
         f"would raise ValueError" + (f" ({reason})" if reason else "") + ". Select the layers inside them instead: "
-        + ("name those layers in target_modules, or build the targets with targetsel.patch(config, select(model).under(NAME).linear())."
+        + ("name those layers in target_modules, or build the targets with targetsel.bridge.patch(config, select(model).under(NAME).linear())."
            if s.from_config else "add .linear() (& linear), e.g. select(model).under(NAME).linear().")
     )
     return _finding("container-target", message, s, positions)
@@ -662,7 +662,7 @@ def _embedding_ties(index) -> dict[int, tuple[int, str]]:
     returns — so a plain module whose head reuses an embedding's weight is caught too. Embeddings that
     share a weight (an encoder's and a decoder's) are inputs, not heads, and are left out.
     """
-    key = "targetsel.checks.embedding_ties"
+    key = "targetsel.bridge.checks.embedding_ties"
     ties = index._cached.get(key)
     if ties is not None:
         return ties
@@ -834,7 +834,7 @@ def _modules_to_save_overlap(s: _Subject) -> list[Finding]:
     probe_cfg = _probe_config(s.config, ".*")
     probe_cfg.modules_to_save = saved
     if s.from_config:
-        from .verify import name_matches
+        from targetsel.bridge.verify import name_matches
 
         cleared = dataclasses.replace(copy.deepcopy(s.config), modules_to_save=None)
         candidates = name_matches(s.model, cleared)
@@ -855,7 +855,7 @@ def _modules_to_save_overlap(s: _Subject) -> list[Finding]:
 
 def _aliases(index) -> dict[int, list[str]]:
     """Positions of modules registered under more than one name → their other names (cached with the index)."""
-    key = "targetsel.checks.aliases"
+    key = "targetsel.bridge.checks.aliases"
     cached = index._cached.get(key)
     if cached is None:
         model = index.model_ref()
@@ -887,7 +887,7 @@ def _shared_module(s: _Subject) -> list[Finding]:
 
 
 def _peft_rules():
-    from .peft_rules import RULES
+    from targetsel.bridge.peft_rules import RULES
 
     return RULES
 

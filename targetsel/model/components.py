@@ -26,8 +26,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import UnknownNameError, did_you_mean
-from .nodes import COMPONENTS
+from targetsel.errors import UnknownNameError, did_you_mean
+from targetsel.query.nodes import COMPONENTS
 
 _FALLBACK_NAMES = {
     "vision": ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder", "vision"),

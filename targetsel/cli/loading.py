@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
+from targetsel.errors import ModelLoadError
 
 _AUTO_FALLBACKS = ("AutoModelForCausalLM", "AutoModel")
 
@@ -34,7 +34,7 @@ def load_model(spec: str, model_class: Optional[str] = None) -> nn.Module:
         raise ModelLoadError("MODEL is empty; pass `demo`, a directory or config.json, a hub id, or package.module:factory")
     spec = spec.strip()
     if spec == "demo":
-        from .demo import build_demo_model
+        from targetsel.demo import build_demo_model
 
         return build_demo_model()
     path = Path(spec).expanduser()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import LayerSpecError
+from targetsel.errors import LayerSpecError
 
 Range = tuple["int | None", "int | None"]
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .errors import ModelRewrittenError, TargetselError
+from targetsel.errors import ModelRewrittenError, TargetselError
 
 # model → {selector key → names resolved before injection}
 _REMEMBERED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -30,7 +30,7 @@ MODULES, PARAMETERS = "modules", "parameters"
 
 
 def _key(selection) -> tuple:
-    from .parameters import ParameterSelection
+    from targetsel.views.parameters import ParameterSelection
 
     if isinstance(selection, ParameterSelection):
         return (PARAMETERS, selection.selection._node, selection.pattern)
@@ -70,7 +70,7 @@ class Audit:
         return self.ok
 
     def __str__(self) -> str:
-        from .grouping import summarize_names
+        from targetsel.text.grouping import summarize_names
 
         counted = []  # modules are always shown, except in a parameters-only audit where none is involved
         if self.expected or self.wrapped or not (self.expected_parameters or self.wrapped_parameters):
@@ -222,8 +222,8 @@ def _minus(names: list[str], other: list[str]) -> tuple[str, ...]:
 
 def _kind(reference) -> Optional[str]:
     """MODULES or PARAMETERS for a reference that says which it is; None for plain lists of names."""
-    from .parameters import ParameterSelection
-    from .selection import Resolved, Selection
+    from targetsel.views.parameters import ParameterSelection
+    from targetsel.selection import Resolved, Selection
 
     if isinstance(reference, (Selection, dict)):
         return MODULES
@@ -257,8 +257,8 @@ def _route(selection, parameters) -> tuple[Any, Any]:
 
 
 def _expected(reference, kind: str) -> list[str]:
-    from .parameters import ParameterSelection
-    from .selection import Resolved, Selection
+    from targetsel.views.parameters import ParameterSelection
+    from targetsel.selection import Resolved, Selection
 
     what = "module" if kind == MODULES else "parameter"
     if reference is None:
@@ -266,7 +266,7 @@ def _expected(reference, kind: str) -> list[str]:
     if isinstance(reference, Resolved):
         return list(reference.names)
     if isinstance(reference, dict):
-        from .lock import read_lock
+        from targetsel.views.lock import read_lock
 
         return list(read_lock(reference)["names"])
     if isinstance(reference, (list, tuple)):
@@ -287,8 +287,8 @@ def _expected(reference, kind: str) -> list[str]:
 
 def _before_injection(reference) -> list[str]:
     """What a (Parameter)Selection meant before get_peft_model rewrote its model."""
-    from .index import get_index
-    from .parameters import ParameterSelection
+    from targetsel.model.index import get_index
+    from targetsel.views.parameters import ParameterSelection
 
     selection = reference.selection if isinstance(reference, ParameterSelection) else reference
     index = get_index(selection.model)

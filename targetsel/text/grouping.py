@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .regex_build import _blocks, _split
+from targetsel.text.names_regex import _blocks, _split
 
 _SEGMENT_SAFE = re.compile(r"[A-Za-z0-9_]+")
 

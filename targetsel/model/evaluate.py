@@ -11,10 +11,10 @@ from typing import Callable
 
 import torch
 
-from . import nodes as N
-from .errors import TargetselError, UnknownNameError, did_you_mean
-from .index import QUANTIZED_LINEAR_NAMES, ModelIndex, callers_threads, single_threaded
-from .patterns import compile_glob, glob_literal, search_names
+from targetsel.query import nodes as N
+from targetsel.errors import TargetselError, UnknownNameError, did_you_mean
+from targetsel.model.index import QUANTIZED_LINEAR_NAMES, ModelIndex, callers_threads, single_threaded
+from targetsel.query.patterns import compile_glob, glob_literal, search_names
 
 
 class EvalContext:
@@ -98,7 +98,7 @@ def check_against_model(node, index: ModelIndex) -> None:
                 )
         elif isinstance(n, N.Under) and n.prefix is not None:
             if not under_roots(index, n.prefix):
-                from .errors import closest
+                from targetsel.errors import closest
 
                 near = closest(n.prefix, [nm for nm in index.names if nm], n=3)
                 raise UnknownNameError(
@@ -109,7 +109,7 @@ def check_against_model(node, index: ModelIndex) -> None:
         elif isinstance(n, N.Layers) and n.within is not None:
             containers = sorted({index.names[c] for c in index.block_info()[0] if c >= 0})
             if not any(c == n.within or c.endswith("." + n.within) for c in containers):
-                from .errors import closest
+                from targetsel.errors import closest
 
                 near = closest(n.within, containers, n=3) or containers[:5]
                 raise UnknownNameError(
@@ -214,7 +214,7 @@ def _block_tensors(index: ModelIndex):
 
 
 def _component(node: N.Component, ctx, domain):
-    from .components import component_mask
+    from targetsel.model.components import component_mask
 
     return domain & component_mask(ctx.index, node.name)
 

@@ -13,11 +13,11 @@ import json
 import re
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
-from .errors import ConfigError, EmptySelectionError, SelectionError, TargetselError
-from .regex_build import names_regex
+from targetsel.errors import ConfigError, EmptySelectionError, SelectionError, TargetselError
+from targetsel.text.names_regex import names_regex
 
 if TYPE_CHECKING:
-    from .selection import Selection
+    from targetsel.selection import Selection
 
 FORMS = ("auto", "list", "suffixes", "regex")
 
@@ -51,7 +51,7 @@ def _selected_and_others(selection: "Selection") -> tuple[list[str], list[str], 
 
 def _require_nonempty(selection: "Selection", selected: list[str]) -> None:
     if not selected:
-        from .diagnose import explain_empty
+        from targetsel.views.diagnose import explain_empty
 
         raise EmptySelectionError(explain_empty(selection))
 
@@ -142,7 +142,7 @@ def compile_targets(selection: "Selection", form: str = "auto", check_peft: bool
 
 def _kept_by_peft(selection: "Selection", candidates: list, form: str, selected: list[str]) -> list:
     """The candidates PEFT matches as written on this model; ConfigError when it rewrites or rejects all."""
-    from .verify import peft_rewrites
+    from targetsel.bridge.verify import peft_rewrites
 
     kept, refused = [], []
     for value in candidates:
@@ -170,8 +170,8 @@ def _kept_by_peft(selection: "Selection", candidates: list, form: str, selected:
 def _what_peft_adapts_instead(selection: "Selection", value, selected: list[str]) -> str:
     from peft import LoraConfig
 
-    from .grouping import summarize_names
-    from .verify import dry_run
+    from targetsel.text.grouping import summarize_names
+    from targetsel.bridge.verify import dry_run
 
     try:
         outcome = dry_run(selection.model, LoraConfig(target_modules=value))

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import NotAModuleError
+from targetsel.errors import NotAModuleError
 
 
 # The thread count the caller had, while targetsel runs single-threaded (0: not inside).

@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import SpecError
-from .grouping import summarize_names
+from targetsel.errors import SpecError
+from targetsel.text.grouping import summarize_names
 
 LOCK_FORMAT = 1
 
@@ -53,7 +53,7 @@ def lock(selection) -> dict:
     """The lock of a selection: query, resolved names, their hash, model class, library versions."""
     query = selection.selector.to_query()  # NotSerialisableError for .where(fn): it could never be re-checked
     names = selection.names()
-    from .audit import remember
+    from targetsel.bridge.audit import remember
 
     remember(selection, names)
     return {
@@ -128,8 +128,8 @@ class Drift:
 
 def check_lock(model, lock_data: dict) -> Drift:
     """Re-resolve a lock's selector on `model` and report names added or lost since the lock."""
-    from .errors import UnknownNameError
-    from .selection import select
+    from targetsel.errors import UnknownNameError
+    from targetsel.selection import select
 
     data = read_lock(lock_data)
     note = ""

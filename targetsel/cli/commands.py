@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .errors import TargetselError, TargetselWarning
+from targetsel.errors import TargetselError, TargetselWarning
 
 DEMO_QUERY = "linear & trainable"
 
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from . import __version__
+    from targetsel import __version__
 
     parser.add_argument("--version", action="version", version=f"targetsel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{show,check,patch}")
@@ -114,7 +114,7 @@ def _positive_int(text: str) -> int:
 
 
 def _show(ns) -> int:
-    from .selection import select
+    from targetsel.selection import select
 
     model = _load(ns.model, ns.model_class)
     with _progress("selecting"):
@@ -138,7 +138,7 @@ def _show(ns) -> int:
 
 def _demo_findings(model, sel) -> None:
     """After the demo table: what `check` says about it, a line per finding — the point of the demo."""
-    from .checks import check
+    from targetsel.bridge.checks import check
 
     findings = check(model, sel)
     _out(f"\n`targetsel check demo {sel.query!r}` finds, before get_peft_model:")
@@ -152,7 +152,7 @@ def _demo_findings(model, sel) -> None:
 
 
 def _check(ns) -> int:
-    from .checks import check
+    from targetsel.bridge.checks import check
 
     model = _load(ns.model, ns.model_class)
     target: Any = ns.target
@@ -174,9 +174,9 @@ def _check(ns) -> int:
 
 
 def _patch(ns) -> int:
-    from .errors import PreflightError
-    from .patch import patch
-    from .selection import select
+    from targetsel.errors import PreflightError
+    from targetsel.bridge.patch import patch
+    from targetsel.selection import select
 
     config = _read_peft_config(ns.config)
     model = _load(ns.model, ns.model_class)
@@ -217,14 +217,14 @@ def config_json(config) -> str:
 
 
 def _read_peft_config(spec: str):
-    from .errors import ConfigError
+    from targetsel.errors import ConfigError
 
     path = Path(spec)
     if path.is_dir():
         path = path / "adapter_config.json"
     if not path.is_file():
         raise ConfigError(f"no adapter config at {str(path)!r}; pass an adapter_config.json file or its directory")
-    from .loading import read_json
+    from targetsel.cli.loading import read_json
 
     data = read_json(path, ConfigError)
     if not isinstance(data, dict) or "peft_type" not in data:
@@ -246,8 +246,8 @@ def _read_peft_config(spec: str):
 
 
 def _load(spec: str, model_class: Optional[str]):
-    from .index import get_index
-    from .loading import load_model
+    from targetsel.model.index import get_index
+    from targetsel.cli.loading import load_model
 
     with _progress(f"building {spec}"):
         model = load_model(spec, model_class)
@@ -256,7 +256,7 @@ def _load(spec: str, model_class: Optional[str]):
 
 
 def _show_data(model_spec: str, sel, names: list[str], rank: Optional[int]) -> dict:
-    from .grouping import group_names
+    from targetsel.text.grouping import group_names
 
     index = sel._index()
     data = {
@@ -284,7 +284,7 @@ def _dump(data: Any, fmt: str) -> str:
 
 
 def _out_table(sel, rank: Optional[int]) -> None:
-    from . import display
+    from targetsel.views import display
 
     r = rank or 16  # the table always shows what LoRA would add; --rank picks the rank
     if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
@@ -296,8 +296,8 @@ def _out_table(sel, rank: Optional[int]) -> None:
 
 
 def _empty(sel) -> TargetselError:
-    from .diagnose import explain_empty
-    from .errors import EmptySelectionError
+    from targetsel.views.diagnose import explain_empty
+    from targetsel.errors import EmptySelectionError
 
     return EmptySelectionError(explain_empty(sel))
 

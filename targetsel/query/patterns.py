@@ -12,7 +12,7 @@ import time
 
 import regex
 
-from .errors import PatternError, RegexTimeoutError
+from targetsel.errors import PatternError, RegexTimeoutError
 
 #: Wall-clock budget for one user regex over all names of one model.
 REGEX_BUDGET_SECONDS = 1.0
@@ -58,7 +58,7 @@ def search_names(pattern: str, names: list[str], indices: list[int]) -> list[int
 
 def _glob_braces(body: str, pattern: str) -> str:
     """`{a,b}` → alternation; an alternative `A..B` is the integers A to B (`{0..3,7}`)."""
-    from .regex_build import int_range_regex
+    from targetsel.text.names_regex import int_range_regex
 
     alts = []
     for part in body.split(","):

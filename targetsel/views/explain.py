@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import nodes as N
-from .errors import UnknownNameError, closest
-from .evaluate import EvalContext, evaluate, under_roots
+from targetsel.query import nodes as N
+from targetsel.errors import UnknownNameError, closest
+from targetsel.model.evaluate import EvalContext, evaluate, under_roots
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def explain(selection, name: str) -> Explanation:
 
 
 def _why(node, kept: bool, index, pos: int, ctx) -> str:
-    from .display import shape_of
+    from targetsel.views.display import shape_of
 
     module = index.modules[pos]
     cls = type(module).__name__
@@ -99,7 +99,7 @@ def _why(node, kept: bool, index, pos: int, ctx) -> str:
                 return "it has no parameters"
             text = f"{g} of {t} parameters require grad"
             if g == 0:
-                from .diagnose import frozen_root
+                from targetsel.views.diagnose import frozen_root
 
                 root = frozen_root(index, pos, total, requiring)
                 if root != pos:
@@ -138,7 +138,7 @@ def _why(node, kept: bool, index, pos: int, ctx) -> str:
         where = f"block {block[pos]} of {index.names[container[pos]]} ({length[pos]} blocks)"
         return where if kept else f"{where}, outside {node.ranges and N.to_query(node).split(':', 1)[1]}"
     if isinstance(node, N.Component):
-        from .components import component_roots
+        from targetsel.model.components import component_roots
 
         roots = component_roots(index)[node.name]
         if kept:

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .grouping import group_names
+from targetsel.text.grouping import group_names
 
 MAX_ROWS = 12  # text and rich: rows, the "… N more groups" line included; 14 lines with header and totals
 MAX_HTML_ROWS = 40  # a notebook table can afford more before it scrolls
@@ -143,7 +143,7 @@ def lora_layer_params(module: nn.Module, r: int) -> int:
 
 
 def _check_rank(r) -> None:
-    from .errors import TargetselError
+    from targetsel.errors import TargetselError
 
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise TargetselError(f"lora_params(r): r is a positive integer rank, got {r!r}")
@@ -262,7 +262,7 @@ def _cut(rows: tuple[Row, ...], max_rows: int) -> tuple[tuple[Row, ...], tuple[R
 
 
 def _empty_text(selection) -> str:
-    from .diagnose import explain_empty
+    from targetsel.views.diagnose import explain_empty
 
     return explain_empty(selection)
 

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 from typing import Any
 
-from .errors import ConfigError, PeftRejectionError, SelectionError, TargetselError
+from targetsel.errors import ConfigError, PeftRejectionError, SelectionError, TargetselError
 
 # Config fields that can change which modules PEFT targets, besides target_modules itself. Fields
 # that only make sense together (layers_pattern needs layers_to_transform) are cleared together.
@@ -23,7 +23,7 @@ MATCH_CHANGING_FIELDS = (
 
 def nested_pairs(selection) -> list[tuple[str, str]]:
     """(ancestor, descendant) pairs of selected modules, nearest selected ancestor for each descendant."""
-    from .checks import nested_pairs as position_pairs
+    from targetsel.bridge.checks import nested_pairs as position_pairs
 
     index = selection._index()
     return [(index.names[a], index.names[d]) for a, d in position_pairs(index, selection._mask())]
@@ -54,9 +54,9 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
     rank / alpha; they compile to `rank_pattern` / `alpha_pattern` keys that PEFT's own lookup
     (`peft.utils.other.get_pattern_key`) resolves to exactly the intended value for every module.
     """
-    from .parameters import ParameterSelection
-    from .selection import Selection
-    from .verify import dry_run, require_peft_config
+    from targetsel.views.parameters import ParameterSelection
+    from targetsel.selection import Selection
+    from targetsel.bridge.verify import dry_run, require_peft_config
 
     require_peft_config(config)
     if isinstance(selection, ParameterSelection):
@@ -68,7 +68,7 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
             f"patch(config, selection) needs a targetsel Selection, got {type(selection).__name__}; "
             "build one with targetsel.select(model, ...)"
         )
-    from .checks import check, enforce
+    from targetsel.bridge.checks import check, enforce
 
     # Validate everything that can fail on bad input before emitting warnings or building anything.
     patterns = {}
@@ -116,7 +116,7 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
         tried.append((value, outcome))
     if new is None:
         _raise_no_exact_form(config, selection, names, tried)
-    from .audit import remember
+    from targetsel.bridge.audit import remember
 
     remember(selection, names)  # so audit() can compare after get_peft_model has rewritten the tree
     return new
@@ -146,7 +146,7 @@ def _new_parameters(config: Any, outcome) -> bool:
 
 def _raise_no_exact_form(config, selection, names: list[str], tried: list) -> None:
     """No form is exact: say why, naming the config field, PEFT's rewriting or PEFT's own error."""
-    from .injection import Injection
+    from targetsel.bridge.injection import Injection
 
     outcomes = [(v, o) for v, o in tried if isinstance(o, Injection)]
     if not outcomes:
@@ -180,7 +180,7 @@ def _fix_for_peft_error(error: str) -> str:
 
 
 def _form_exists(selection, form: str) -> bool:
-    from .errors import SelectionError
+    from targetsel.errors import SelectionError
 
     try:
         selection.to_peft(form, check_peft=False)
@@ -200,7 +200,7 @@ def _is_feedforward(feedforward, name: str) -> bool:
 def _feedforward(config, selection, names: list[str], value):
     """(target_modules, feedforward_modules) such that IA³ marks exactly the same selected modules
     feedforward as the config's own `feedforward_modules` does, and PEFT's subset check holds."""
-    from .regex_build import names_regex
+    from targetsel.text.names_regex import names_regex
 
     wanted = [n for n in names if _is_feedforward(config.feedforward_modules, n)]
     if not wanted:
@@ -226,7 +226,7 @@ def _list_is_exact(selection) -> bool:
 def _patch_parameters(config: Any, psel):
     """A config whose `target_parameters` make PEFT adapt exactly `psel`; the modules it already
     targets must stay as they are (PEFT raises when a parameter's module is itself a target)."""
-    from .verify import dry_run
+    from targetsel.bridge.verify import dry_run
 
     names = psel.names()
     value = psel.to_peft()
@@ -246,11 +246,11 @@ def _patch_parameters(config: Any, psel):
             f"{outcome.error.rstrip('.')}. " + _fix_for_parameter_error(outcome.error),
             outcome.error,
         )
-    from .parameters import _parametrized_key
+    from targetsel.views.parameters import _parametrized_key
 
     names = [_parametrized_key(n) or n for n in names]  # PEFT names a parametrized tensor by its module's key
     if list(outcome.parameters) != names or (before is not None and outcome.modules != before.modules):
-        from .grouping import summarize_names
+        from targetsel.text.grouping import summarize_names
 
         got, want = set(outcome.parameters), set(names)
         lost = [n for n in names if n not in got]
@@ -281,9 +281,9 @@ def _value_patterns(config, selection, names: list[str], field: str, base_field:
     """`rank_pattern`/`alpha_pattern` keys giving each selected module exactly its intended value."""
     from peft.utils.other import get_pattern_key
 
-    from .grouping import summarize_names
-    from .regex_build import names_regex
-    from .selection import Selection
+    from targetsel.text.grouping import summarize_names
+    from targetsel.text.names_regex import names_regex
+    from targetsel.selection import Selection
 
     what = "ranks" if field == "rank_pattern" else "alphas"
     if str(getattr(config.peft_type, "value", config.peft_type)) == "ADALORA":
@@ -348,7 +348,7 @@ def _label(key) -> str:
 
 
 def _raise_mismatch(config, selection, value, names: list[str], got: list[str], outcome=None) -> None:
-    from .verify import dry_run
+    from targetsel.bridge.verify import dry_run
 
     wanted, seen = set(names), set(got)
     lost = [n for n in names if n not in seen]
@@ -377,7 +377,7 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str], 
 
 
 def _mismatch_detail(lost: list[str], extra: list[str]) -> list[str]:
-    from .grouping import summarize_names
+    from targetsel.text.grouping import summarize_names
 
     detail = []
     if lost:
@@ -389,7 +389,7 @@ def _mismatch_detail(lost: list[str], extra: list[str]) -> list[str]:
 
 def _raise_if_peft_rewrites(config, selection, value, lost: list[str], extra: list[str]) -> None:
     """PEFT rewrites the targets itself before matching (transformers-5 MoE conversion): say so."""
-    from .verify import prepare_config
+    from targetsel.bridge.verify import prepare_config
 
     try:
         prepared = prepare_config(selection.model, _new_config(config, target_modules=value))

@@ -1,0 +1,5 @@
+"""The command line (`targetsel show|check|patch`) and loading models for it: the outer edge."""
+
+from targetsel.cli.commands import main
+
+__all__ = ["main"]
