@@ -39,7 +39,7 @@ from targetsel.bridge.injection import Injection
 # once patch() had imported targetsel.bridge.audit). tests/test_public_api.py holds every name to this.
 from targetsel.bridge.audit import Audit, audit
 
-__version__ = "0.1.0"
+from targetsel.version import __version__  # noqa: E402
 
 # Parts that live in their own modules and are imported on first use; no name here is a submodule's.
 _LAZY = {

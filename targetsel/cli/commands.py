@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from targetsel import __version__
+    from targetsel.version import __version__
 
     parser.add_argument("--version", action="version", version=f"targetsel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{show,check,patch}")
