@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from targetsel.query import nodes as N
+from targetsel.query.patterns import describe
 from targetsel.errors import ModelMismatchError, ModelRewrittenError, SelectionError, SpecError, TargetselError
 from targetsel.model.evaluate import check_against_model, select_mask
 from targetsel.model.index import ModelIndex, get_index
@@ -143,7 +144,7 @@ class Selection:
             return self._refine(N.Under(of=prefix_or_selection.root))
         if not isinstance(prefix_or_selection, str) or not prefix_or_selection.strip():
             raise TargetselError(
-                f"under() takes a module name or a Selection, got {prefix_or_selection!r}"
+                f"under() takes a module name or a Selection, got {describe(prefix_or_selection)}"
             )
         return self._refine(N.Under(prefix=prefix_or_selection))
 
@@ -163,6 +164,11 @@ class Selection:
 
     def component(self, name: str) -> "Selection":
         """vision, audio, language, projector or head — found from the model's structure."""
+        if not isinstance(name, str):
+            from targetsel.errors import UnknownNameError
+
+            raise UnknownNameError(f"component() takes a name such as 'vision', got {describe(name)}; "
+                                   f"components are {', '.join(N.COMPONENTS)}")
         if name not in N.COMPONENTS:
             from targetsel.errors import UnknownNameError, did_you_mean
 
@@ -417,7 +423,7 @@ def _type_name(t: TypeLike) -> str:
         return t.__name__
     if isinstance(t, str) and t.strip():
         return t.strip()
-    raise TargetselError(f"type() takes classes or class names, got {t!r}")
+    raise TargetselError(f"type() takes classes or class names, got {describe(t)}")
 
 
 def _coerce(value: Any, within: Selection):
@@ -439,7 +445,7 @@ def _coerce(value: Any, within: Selection):
     if callable(value):
         return N.Where(fn=value)
     raise TargetselError(
-        f"cannot use {type(value).__name__} {value!r} as a selector; pass a query string, a Selection, "
+        f"cannot use {describe(value)} as a selector; pass a query string, a Selection, "
         "a module class, a compiled regex or a callable (name, module) -> bool"
     )
 

@@ -131,7 +131,7 @@ def test_selection_equality_and_query(demo):
         (lambda s: s.type("Lineer"), ts.UnknownNameError, r"no module of DemoVLM \(\d+ modules\) is a 'Lineer'; did you mean `Linear`"),
         (lambda s: s.type("Linear", exact=True).type("PLoRAX"), ts.UnknownNameError, r"is a 'PLoRAX'; did you mean `PLoRA`"),
         (lambda s: s.type(), ts.TargetselError, r"type\(\) needs at least one class"),
-        (lambda s: s.type(3), ts.TargetselError, r"type\(\) takes classes or class names, got 3"),
+        (lambda s: s.type(3), ts.TargetselError, r"type\(\) takes classes or class names, got int 3"),
         (lambda s: s.name("[unclosed"), ts.PatternError, r"invalid regex /\[unclosed/: unterminated character set"),
         (lambda s: s.name(5), ts.PatternError, r"a name pattern must be a string, got int"),
         (lambda s: s.glob("a..b"), ts.PatternError, r"empty segment"),

@@ -152,6 +152,10 @@ def _raise_no_exact_form(config, selection, names: list[str], tried: list) -> No
     if not outcomes:
         raise tried[0][1] if tried else ConfigError("no target form could be compiled for this selection")
     value, outcome = outcomes[0]
+    if all(o.error is not None for _, o in outcomes) and "NoMatchingPeftModuleError" in outcome.error:
+        # Nothing left to adapt: a field of the config may have removed every target (older PEFT
+        # versions keep none under some layers_to_transform); name it when clearing it helps.
+        _raise_mismatch(config, selection, value, names, [], outcome, only_culprits=True)
     if all(o.error is not None for _, o in outcomes):
         raise PeftRejectionError(
             f"get_peft_model would raise on every target form targetsel can write for this selection of "
@@ -347,7 +351,8 @@ def _label(key) -> str:
     return repr(key) if isinstance(key, str) else repr(getattr(key, "query", key))
 
 
-def _raise_mismatch(config, selection, value, names: list[str], got: list[str], outcome=None) -> None:
+def _raise_mismatch(config, selection, value, names: list[str], got: list[str], outcome=None,
+                    only_culprits: bool = False) -> None:
     from targetsel.bridge.verify import dry_run
 
     wanted, seen = set(names), set(got)
@@ -355,7 +360,7 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str], 
     extra = [n for n in got if n not in wanted]
     culprits = []
     for group in MATCH_CHANGING_FIELDS:
-        present = [f for f in group if getattr(config, f, None) not in (None, [], "", set())]
+        present = [f for f in group if getattr(config, f, None) not in (None, [], "", set(), False, {})]
         if not present:
             continue
         try:
@@ -363,8 +368,11 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str], 
         except ConfigError:
             continue
         again = dry_run(selection.model, cleared)
-        if again.error is not None or list(again.modules) != got:
-            culprits.extend(present)
+        failed_before = outcome is not None and outcome.error is not None
+        if (again.error is not None) != failed_before or (again.error is None and list(again.modules) != got):
+            culprits.extend(present)  # clearing the field changes what PEFT does
+    if not culprits and only_culprits:
+        return
     if not culprits:
         _raise_if_peft_rewrites(config, selection, value, lost, extra)
     fields = ", ".join(f"{f}={getattr(config, f)!r}" for f in culprits) or "a field of the config"

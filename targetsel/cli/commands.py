@@ -1,8 +1,10 @@
 """The `targetsel` command line: show, check and patch, on any model without its weights.
 
 Exit codes are the contract scripts rely on: 0 ok, 1 the checks found errors, 2 usage or bad
-input (bad query, unknown model, unreadable config). Errors go to stderr, with the caret under
-the query column for syntax errors; `--format json` output is stable (sorted keys, fixed fields).
+input (bad query, unknown model, unreadable config), 3 an internal error (a bug in targetsel or
+in a library it drives: one line naming the exception and where it was raised, never a
+traceback). Errors go to stderr, with the caret under the query column for syntax errors;
+`--format json` output is stable (sorted keys, fixed fields).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ examples:
 
 MODEL is `demo`, a local model directory or config.json (built on the meta device as the class
 its `architectures` names: no weights are loaded), a Hugging Face hub id (config only), or
-package.module:factory. Exit codes: 0 ok, 1 errors found by check/patch, 2 usage or bad input.
+package.module:factory. Exit codes: 0 ok, 1 errors found by check/patch, 2 usage or bad input,
+3 internal error (a bug: please report it).
 """
 
 
@@ -50,6 +53,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except BrokenPipeError:  # `targetsel show … | head`
         return 0
+    except KeyboardInterrupt:
+        print("targetsel: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last resort: a bug is reported in one line, not a traceback
+        _internal_error(exc)
+        return 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -308,6 +317,18 @@ def _out(text: str) -> None:
 
 def _error(exc: BaseException) -> None:
     print(f"targetsel: error: {exc}", file=sys.stderr)
+
+
+def _internal_error(exc: BaseException) -> None:
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (raised at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    print(
+        f"targetsel: internal error: {type(exc).__name__}: {exc}{where}\n"
+        "This is a bug: please report it with the command line you ran.",
+        file=sys.stderr,
+    )
 
 
 @contextmanager

@@ -262,10 +262,17 @@ def _where(node: N.Where, ctx, domain):
     with callers_threads():
         for i in _indices(domain):
             try:
-                ok = fn(index.names[i], index.modules[i])
+                result = fn(index.names[i], index.modules[i])
             except Exception as exc:
                 raise TargetselError(
                     f"where({node.label}) raised {type(exc).__name__}: {exc} on module {index.names[i]!r}"
+                ) from exc
+            try:
+                ok = bool(result)  # a tensor of several values, say, is neither true nor false
+            except Exception as exc:
+                raise TargetselError(
+                    f"where({node.label}) returned a {type(result).__name__} that is neither true nor false on module "
+                    f"{index.names[i]!r} ({type(exc).__name__}: {exc}); return a bool"
                 ) from exc
             if ok:
                 kept.append(i)

@@ -16,7 +16,11 @@ its own lexer modes and error mapping for the same result, plus a runtime depend
     unary   := ("!" | "not") unary | "(" or ")" | atom
 
 The parser builds nodes only through the smart constructors in `nodes.py`, the same ones the
-fluent chain uses, so the three spellings of a selection give equal selectors.
+fluent chain uses, so the three spellings of a selection give equal selectors — and the same
+checks: a query parses if and only if its selector can be printed, pickled, written as JSON and
+parsed back. Nesting is limited twice with the same number, `MAX_DEPTH`: while reading (each `(`
+and `!`, which keeps the parser's own recursion bounded) and as each node is built (which also
+counts the levels a chain `a - b - c` adds without any parenthesis).
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from pydantic import ValidationError
 
 from targetsel.query import nodes as N
 from targetsel.errors import LayerSpecError, PatternError, QuerySyntaxError, SpecError, TargetselError, closest
+from targetsel.query.patterns import LONE_SURROGATE
 
 FLAGS = {kind: N.Flag(kind=kind) for kind in N.FLAG_KINDS}
 KEYED = ("type", "name", "glob", "under", "layers", "component")
 WORD_OPERATORS = {"and": "&", "or": "|", "not": "!"}
 OPERATOR_CHARS = "&|!-()"
-MAX_DEPTH = 100  # deeper nesting is not a query anyone writes; refusing it keeps the parser off the C stack limit
+MAX_DEPTH = N.MAX_DEPTH  # deeper nesting is not a query anyone writes; see nodes.py for why there is a limit
 
 _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _LAYER_CHARS = frozenset("0123456789.,-")
@@ -66,6 +71,8 @@ def parse(query: Union[str, N.Selector]) -> N.Selector:
 
 def parse_uncached(query: str) -> N.Selector:
     """`parse` without the cache (the einops-style twin), for tests and fuzzing."""
+    if not isinstance(query, str):
+        return parse(query)
     return N.Selector(_Parser(query).parse())
 
 
@@ -129,9 +136,29 @@ class _Parser:
 
     # -------------------------------------------------------------- grammar
 
+    def build(self, column: int, make, *args):
+        """`make(*args)` (a smart constructor of nodes.py); a selector past the limits fails at `column`."""
+        try:
+            return make(*args)
+        except TargetselError as exc:
+            self.refuse(exc, column)
+
+    def refuse(self, exc: TargetselError, column: int):
+        if getattr(exc, "depth", None) is not None:
+            self.fail(f"the query nests deeper than {MAX_DEPTH} levels", column, N.DEPTH_ADVICE)
+        self.fail(str(exc), column)
+
     def parse(self):
         if not self.q.strip():
             self.fail("empty query", 0, "write an atom such as `linear` or `trainable`; `all` selects every module")
+        surrogate = LONE_SURROGATE.search(self.q)
+        if surrogate is not None:  # JSON cannot hold it: a saved selector would fail to write
+            self.fail(
+                f"the character {surrogate.group()!r} is a lone surrogate, not text",
+                surrogate.start(),
+                "it usually comes from bytes that are not valid UTF-8 (a command line or file in another "
+                "encoding); remove it or write the character it stood for",
+            )
         node = self.parse_or()
         if not self.at_end():
             op = self.peek_operator()
@@ -145,25 +172,27 @@ class _Parser:
         return node
 
     def parse_or(self):
-        items = [self.parse_diff()]
+        items, first = [self.parse_diff()], None
         while (op := self.peek_operator()) and op[0] == "|":
             self.pos = op[2]
+            first = op[1] if first is None else first
             items.append(self.parse_diff(after=op))
-        return N.or_(*items)
+        return items[0] if first is None else self.build(first, N.or_, *items)
 
     def parse_diff(self, after=None):
         node = self.parse_and(after)
         while (op := self.peek_operator()) and op[0] == "-":
             self.pos = op[2]
-            node = N.diff(node, self.parse_and(after=op))
+            node = self.build(op[1], N.diff, node, self.parse_and(after=op))
         return node
 
     def parse_and(self, after=None):
-        items = [self.parse_unary(after)]
+        items, first = [self.parse_unary(after)], None
         while (op := self.peek_operator()) and op[0] == "&":
             self.pos = op[2]
+            first = op[1] if first is None else first
             items.append(self.parse_unary(after=op))
-        return N.and_(*items)
+        return items[0] if first is None else self.build(first, N.and_, *items)
 
     def parse_unary(self, after=None):
         """`after` is the operator token just read, so a missing operand can point at it."""
@@ -178,7 +207,7 @@ class _Parser:
             if kind == "!":
                 self.pos = end
                 with self.nested(start):
-                    return N.not_(self.parse_unary(after=op))
+                    return self.build(start, N.not_, self.parse_unary(after=op))
             if kind == "(":
                 self.pos = end
                 close = self.peek_operator()
@@ -208,7 +237,7 @@ class _Parser:
             def __enter__(self):
                 parser.depth += 1
                 if parser.depth > MAX_DEPTH:
-                    parser.fail(f"the query nests deeper than {MAX_DEPTH} levels", start)
+                    parser.fail(f"the query nests deeper than {MAX_DEPTH} levels", start, N.DEPTH_ADVICE)
 
             def __exit__(self, *exc):
                 parser.depth -= 1
@@ -293,9 +322,8 @@ class _Parser:
         """Build a node, turning its validator's complaint into a syntax error at `column`."""
         try:
             return cls(**fields)
-        except ValidationError as exc:
-            message = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
-            self.fail(message, column)
+        except TargetselError as exc:
+            self.refuse(exc, column)
 
     def atom_type(self, start: int):
         exact = self.pos < len(self.q) and self.q[self.pos] == "="
@@ -322,8 +350,7 @@ class _Parser:
             compile_regex(raw)  # `\/` is a valid escape, so error positions are columns of `raw`
         except PatternError as exc:
             pos = getattr(exc, "pos", None)
-            message = str(exc).split(": ", 1)[-1].split(" at position ")[0]
-            self.fail(f"bad regex: {message}", column + 1 + (pos or 0))
+            self.fail(f"bad regex: {getattr(exc, 'reason', exc)}", column + 1 + (pos or 0))
         self.pos = i + 1
         return self.node(N.NameRegex, column, pattern=raw)
 
@@ -434,6 +461,8 @@ def _load_data(text: str, suffix: str, path: Path) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise SpecError(f"{path}: the JSON nests too deeply to read; {_TOO_DEEP}") from None
     import yaml
 
     try:
@@ -442,6 +471,19 @@ def _load_data(text: str, suffix: str, path: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise SpecError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: the YAML nests too deeply to read; {_TOO_DEEP}") from None
+
+
+_TOO_DEEP = f"a selector nests at most {MAX_DEPTH} levels"
+
+
+def _location(loc) -> str:
+    """'and.items.1.name.pattern'; a deep one keeps its two ends: 'not.item.not … not.item.name.pattern (240 steps)'."""
+    parts = [str(p) for p in loc]
+    if len(parts) <= 12:
+        return ".".join(parts) or "root"
+    return f"{'.'.join(parts[:4])} … {'.'.join(parts[-6:])} ({len(parts)} steps)"
 
 
 def spec_to_selector(data: Any, source: str = "spec") -> N.Selector:
@@ -462,8 +504,7 @@ def spec_to_selector(data: Any, source: str = "spec") -> N.Selector:
         selector = N.Selector.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'root'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
-            for e in exc.errors()[:5]
+            f"{_location(e.get('loc', ()))}: {str(e.get('msg', '')).removeprefix('Value error, ')}" for e in exc.errors()[:5]
         )
         raise SpecError(f"{source}: {len(exc.errors())} problem(s) in the selector structure: {problems}") from None
     except TargetselError as exc:
