@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from targetsel.errors import ConfigError, PeftRejectionError, SelectionError, TargetselError
+from targetsel.text.grouping import short_repr
 
 # Config fields that can change which modules PEFT targets, besides target_modules itself. Fields
 # that only make sense together (layers_pattern needs layers_to_transform) are cleared together.
@@ -147,6 +148,7 @@ def _new_parameters(config: Any, outcome) -> bool:
 def _raise_no_exact_form(config, selection, names: list[str], tried: list) -> None:
     """No form is exact: say why, naming the config field, PEFT's rewriting or PEFT's own error."""
     from targetsel.bridge.injection import Injection
+    from targetsel.bridge.peft_rules import advice_for_peft_error
 
     outcomes = [(v, o) for v, o in tried if isinstance(o, Injection)]
     if not outcomes:
@@ -159,28 +161,13 @@ def _raise_no_exact_form(config, selection, names: list[str], tried: list) -> No
     if all(o.error is not None for _, o in outcomes):
         raise PeftRejectionError(
             f"get_peft_model would raise on every target form targetsel can write for this selection of "
-            f"{type(selection.model).__name__} (e.g. target_modules={_short(value)}): {outcome.error.rstrip('.')}. "
-            + _fix_for_peft_error(outcome.error),
+            f"{type(selection.model).__name__} (e.g. target_modules={short_repr(value)}): {outcome.error.rstrip('.')}. "
+            + advice_for_peft_error(outcome.error, selection=True),
             outcome.error,
         )
     value, outcome = next((v, o) for v, o in outcomes if o.error is None)
     _raise_mismatch(config, selection, value, names, list(outcome.modules), outcome)
 
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "…"
-
-
-def _fix_for_peft_error(error: str) -> str:
-    if "incompatible with Mamba" in error:
-        return "Leave those modules out (e.g. - glob:**.out_proj - glob:**.conv1d) and patch again."
-    if "Cannot convert PEFT target" in error:
-        return ("PEFT's transformers-5 MoE conversion reads these targets as expert projections; leave them out, or "
-                "target the fused experts with .parameters().")
-    if "is not supported" in error:
-        return "Keep the layers the method wraps: add .linear() (& linear in a query)."
-    return "Change the selection or the config so that PEFT accepts it."
 
 
 def _form_exists(selection, form: str) -> bool:
@@ -246,7 +233,7 @@ def _patch_parameters(config: Any, psel):
     outcome = dry_run(psel.model, new, real=True)
     if outcome.error is not None:
         raise PeftRejectionError(
-            f"get_peft_model would raise with target_parameters={_short(value)} on this {type(config).__name__}: "
+            f"get_peft_model would raise with target_parameters={short_repr(value)} on this {type(config).__name__}: "
             f"{outcome.error.rstrip('.')}. " + _fix_for_parameter_error(outcome.error),
             outcome.error,
         )
@@ -264,7 +251,7 @@ def _patch_parameters(config: Any, psel):
             detail = [f"the modules adapted change from {summarize_names(list(before.modules), limit=3)} "
                       f"to {summarize_names(list(outcome.modules), limit=3)}"]
         raise ConfigError(
-            f"PEFT does not adapt exactly the {len(names)} selected parameter(s) with target_parameters={_short(value)}: "
+            f"PEFT does not adapt exactly the {len(names)} selected parameter(s) with target_parameters={short_repr(value)}: "
             + "; ".join(detail).replace("module(s)", "parameter(s)")
             + ". PEFT matches target_parameters on module names with '.base_layer' removed, and parametrized modules "
             "by exact name only; select other parameters, or rename the modules."

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from targetsel.text.grouping import short_repr
+
 if TYPE_CHECKING:
     from targetsel.bridge.checks import Finding, _Subject
 
@@ -37,7 +39,7 @@ def peft_rejects(s: "_Subject") -> list["Finding"]:
         return []  # unsupported-type / container-target / parameter-and-module-target say it better
     from targetsel.bridge.checks import _finding
 
-    fix = _fix(outcome.error)
+    fix = advice_for_peft_error(outcome.error)
     return [_finding("peft-rejects", f"get_peft_model would raise {outcome.error.rstrip('.')}. {fix}", s, s.positions)]
 
 
@@ -63,15 +65,21 @@ def _mamba_guard(s: "_Subject") -> list["Finding"]:
     )]
 
 
-def _fix(error: str) -> str:
+def advice_for_peft_error(error: str, *, selection: bool = False) -> str:
+    """What to do about an error get_peft_model would raise; `selection`: the targets come from one."""
     if "Mamba" in error:
-        return "Leave those modules out of the targets (for a selection: - glob:**.out_proj - glob:**.conv1d)."
+        return ("Leave those modules out" + (" (e.g. - glob:**.out_proj - glob:**.conv1d)" if selection else
+                " of the targets (for a selection: - glob:**.out_proj - glob:**.conv1d)") + ".")
     if "Cannot convert PEFT target" in error:
-        return ("PEFT's MoE conversion reads these names as expert projections: target the fused experts with "
-                "targetsel's .parameters(), or build the targets with targetsel.bridge.patch, which refuses what PEFT cannot adapt.")
+        return ("PEFT's transformers-5 MoE conversion reads these names as expert projections: leave them out, or "
+                "target the fused experts with targetsel's .parameters()"
+                + ("." if selection else "; targetsel.bridge.patch refuses what PEFT cannot adapt."))
+    if "is not supported" in error:
+        return "Keep the layers the method wraps: add .linear() (& linear in a query)."
     if "modules_to_save" in error or "ModulesToSaveWrapper" in error:
         return "Remove the adapted modules (or their parents) from modules_to_save."
-    return "Change the targets or the config fields named above."
+    return "Change the selection or the config so that PEFT accepts it." if selection else (
+        "Change the targets or the config fields named above.")
 
 
 def peft_rewrites_targets(s: "_Subject") -> list["Finding"]:
@@ -102,7 +110,7 @@ def peft_rewrites_targets(s: "_Subject") -> list["Finding"]:
     model_type = getattr(getattr(s.model, "config", None), "model_type", "?")
     message = (
         f"PEFT's transformers-5 MoE conversion rewrites target_modules for {model_type!r} models before matching "
-        f"(to {_short(outcome.target_modules)}): " + "; ".join(parts) + ". Build the targets with "
+        f"(to {short_repr(outcome.target_modules)}): " + "; ".join(parts) + ". Build the targets with "
         "targetsel.bridge.patch(config, select(model, ...)), which picks a form PEFT keeps or refuses, and target fused "
         "experts with .parameters()."
     )
@@ -118,10 +126,6 @@ def _added_by_fields(s: "_Subject", name: str) -> bool:
     return bool(getattr(s.config, "layer_replication", None) or getattr(s.config, "ensure_weight_tying", False))
 
 
-def _short(value, limit: int = 100) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
 
 def parameter_and_module_target(s: "_Subject") -> list["Finding"]:
     outcome = s.outcome
@@ -133,7 +137,7 @@ def parameter_and_module_target(s: "_Subject") -> list["Finding"]:
     names = [s.index.names[i] for i in s.positions]
     both = [n for n in names if any(f"{n}.{p.rpartition('.')[2]}".endswith(p) for p in params)]
     message = (
-        f"target_parameters={_short(params)} names parameters of module(s) that target_modules also adapts"
+        f"target_parameters={short_repr(params)} names parameters of module(s) that target_modules also adapts"
         + (f" ({s.grouped(both, 4)})" if both else "")
         + "; get_peft_model raises ValueError (a layer is either wrapped or has a parameter wrapped, not both). "
         "Drop those modules from target_modules or their parameters from target_parameters."

@@ -20,10 +20,12 @@ import copy
 import dataclasses
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from targetsel.views.targets import list_matches
 from targetsel.errors import ConfigError, PeftRejectionError, TargetselError
+from targetsel.text.grouping import short_repr
 from targetsel.bridge.injection import Injection, real_injection
 from targetsel.model.index import get_index
 
@@ -119,7 +121,7 @@ def peft_rewrites(model: nn.Module, value, selected: list[str]) -> Optional[str]
         shown = after if isinstance(after, str) else sorted(after)
         return (
             f"PEFT's transformers-5 MoE conversion rewrites it for {model_type!r} models to target_modules="
-            f"{_short(shown)}" + (f" plus target_parameters={_short(moved)}" if moved else "")
+            f"{short_repr(shown)}" + (f" plus target_parameters={short_repr(moved)}" if moved else "")
         )
     try:
         from peft.tuners.tuners_utils import _check_lora_target_modules_mamba
@@ -156,10 +158,6 @@ def converted_names(model: nn.Module, names: list[str]) -> set[str]:
         return set()
     return set(names) - set(cfg.target_modules or ())
 
-
-def _short(value, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _infer_default_targets(cfg, model):
@@ -321,16 +319,11 @@ def _matched_positions(tuner, cfg, names: list[str]) -> list[int]:
     return out
 
 
-def _has_nested(index, positions: list[int]) -> bool:
-    chosen = set(positions)
-    parents = index.parents
-    for i in positions:
-        p = parents[i]
-        while p > 0:
-            if p in chosen:
-                return True
-            p = parents[p]
-    return False
+def _has_nested(index, positions) -> bool:
+    """Does any of these positions sit inside another of them?"""
+    mask = torch.zeros(index.size, dtype=torch.bool)
+    mask[torch.tensor(sorted(positions), dtype=torch.long)] = True
+    return bool((index.ancestors_mask(mask) & mask).any())
 
 
 def _rejected(model, cfg, index, positions: list[int]) -> tuple[Optional[str], dict]:
@@ -380,16 +373,8 @@ def _modules_to_save_wrapped(config, index, targeted: list[int], probes: dict) -
     wrapped = [i for i in range(1, len(names)) if names[i].endswith(suffixes)]
     if not wrapped:
         return ()
-    marked = set(wrapped) | set(targeted)
-    parents = index.parents
-    for i in marked:
-        p = parents[i]
-        while p > 0:
-            if p in marked:
-                return None
-            p = parents[p]
-    if set(wrapped) & set(targeted):
-        return None
+    if set(wrapped) & set(targeted) or _has_nested(index, set(wrapped) | set(targeted)):
+        return None  # a wrapper on, around or inside a target
     return tuple(names[i] for i in wrapped)
 
 

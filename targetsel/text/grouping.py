@@ -185,3 +185,9 @@ def summarize_names(names: Sequence[str], limit: int = 6) -> str:
         rest = sum(len(g) for g in groups[limit:])
         parts.append(f"… and {rest} more in {len(groups) - limit} group(s)")
     return ", ".join(parts)
+
+
+def short_repr(value, limit: int = 100) -> str:
+    """`repr(value)` cut to `limit` characters with an ellipsis, for messages quoting a config value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
