@@ -21,8 +21,9 @@ from pydantic import ValidationError
 
 import models
 import targetsel as ts
-from targetsel import LayerSpecError, PatternError, QuerySyntaxError, SpecError, UnknownNameError, cli, select
-from targetsel import nodes as N
+from targetsel import LayerSpecError, PatternError, QuerySyntaxError, SpecError, UnknownNameError, select
+from targetsel.cli import commands as cli
+from targetsel.query import nodes as N
 from targetsel.query.nodes import MAX_DEPTH
 from targetsel.query.parser import load_spec, parse_uncached
 

@@ -12,7 +12,7 @@ from torch import nn
 import models
 import targetsel as ts
 from targetsel import QuerySyntaxError, parse, select
-from targetsel.query.parser import nodes as N
+from targetsel.query import nodes as N
 from targetsel.query.parser import parse_uncached
 
 
