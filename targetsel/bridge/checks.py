@@ -136,10 +136,6 @@ class _Subject:
         name = type(self.config).__name__.removesuffix("Config")
         return {"Lora": "LoRA", "AdaLora": "AdaLoRA", "Vera": "VeRA", "Loha": "LoHa", "Lokr": "LoKr"}.get(name, name)
 
-    @property
-    def model_label(self) -> str:
-        return f"{type(self.model).__name__} ({self.index.size - 1} modules)"
-
     def grouped(self, names: Sequence[str], limit: int = 6) -> str:
         return summarize_names(list(names), limit=limit)
 

@@ -22,14 +22,6 @@ MATCH_CHANGING_FIELDS = (
 )
 
 
-def nested_pairs(selection) -> list[tuple[str, str]]:
-    """(ancestor, descendant) pairs of selected modules, nearest selected ancestor for each descendant."""
-    from targetsel.bridge.checks import nested_pairs as position_pairs
-
-    index = selection._index()
-    return [(index.names[a], index.names[d]) for a, d in position_pairs(index, selection._mask())]
-
-
 def _new_config(config: Any, **changes):
     try:
         return dataclasses.replace(copy.deepcopy(config), **changes)

@@ -208,9 +208,6 @@ class ModelIndex:
         delta.index_add_(0, self.ends_tensor()[sel], -torch.ones_like(sel))
         return delta.cumsum(0)[: self.size] > 0
 
-    def descendants_of(self, mask: torch.Tensor) -> torch.Tensor:
-        return self.ancestors_mask(mask)
-
     # ------------------------------------------------------------------ parameters
     @single_threaded
     def subtree_sum(self, per_param: torch.Tensor) -> torch.Tensor:

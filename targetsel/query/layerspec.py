@@ -140,13 +140,3 @@ def ranges_text(ranges: tuple[Range, ...]) -> str:
         else:
             parts.append(f"{'' if start is None else start}..{'' if stop is None else stop}")
     return ",".join(parts)
-
-
-def index_in(ranges: tuple[Range, ...], index: int, length: int) -> bool:
-    """Is block `index` of a container with `length` blocks inside any range?"""
-    for start, stop in ranges:
-        lo = 0 if start is None else (start + length if start < 0 else start)
-        hi = length - 1 if stop is None else (stop + length if stop < 0 else stop)
-        if lo <= index <= hi:
-            return True
-    return False

@@ -11,14 +11,12 @@ Used by the display, by error messages and by preflight findings.
 from __future__ import annotations
 
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from targetsel.text.names_regex import _blocks, _split
 
-_SEGMENT_SAFE = re.compile(r"[A-Za-z0-9_]+")
 
 
 @dataclass(frozen=True)
