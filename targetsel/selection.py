@@ -130,7 +130,7 @@ class Selection:
 
     def glob(self, pattern: str) -> "Selection":
         """Dotted glob over the full name: `*` one segment, `**` any number, `{q,k}` and `{0..31}` sets."""
-        from targetsel.query.patterns import glob_to_regex
+        from targetsel.query.globs import glob_to_regex
 
         glob_to_regex(pattern)
         return self._refine(N.Glob(pattern=pattern))

@@ -35,7 +35,7 @@ KNOWN_CYCLE = {
     "targetsel.views.lock", "targetsel.views.parameters", "targetsel.views.targets",
 }
 KNOWN_LONG = {"targetsel.bridge.checks", "targetsel.model.index", "targetsel.query.parser", "targetsel.selection",
-              "targetsel.query.nodes", "targetsel.query.patterns"}
+              "targetsel.query.nodes"}
 
 
 def modules() -> dict[str, Path]:

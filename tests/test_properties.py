@@ -205,7 +205,7 @@ def globs_with_a_match(draw):
 
 @given(globs_with_a_match(), st.lists(st.lists(SEGMENT, min_size=1, max_size=4).map(".".join), max_size=8))
 def test_glob_literal_prefilter_never_drops_a_match(glob_and_name, others):
-    from targetsel.query.patterns import compile_glob, glob_literal
+    from targetsel.query.globs import compile_glob, glob_literal
 
     glob, name = glob_and_name
     full = compile_glob(glob).fullmatch

@@ -22,7 +22,7 @@ from torch import nn
 import targetsel as ts
 from targetsel.views.targets import _check_exact
 from targetsel.text.grouping import group_names
-from targetsel.query.patterns import glob_to_regex
+from targetsel.query.globs import glob_to_regex
 from targetsel.text.names_regex import int_range_regex, int_set_regex, names_regex
 
 ARABIC_3, DEVANAGARI_3, FULLWIDTH_3, SUPERSCRIPT_1 = "\u0663", "\u0969", "\uff13", "\u00b9"  # ٣ ३ ３ ¹

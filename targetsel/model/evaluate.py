@@ -14,7 +14,8 @@ import torch
 from targetsel.query import nodes as N
 from targetsel.errors import TargetselError, UnknownNameError, did_you_mean
 from targetsel.model.index import QUANTIZED_LINEAR_NAMES, ModelIndex, callers_threads, single_threaded
-from targetsel.query.patterns import compile_glob, glob_literal, search_names
+from targetsel.query.globs import compile_glob, glob_literal
+from targetsel.query.patterns import search_names
 
 
 class EvalContext:

@@ -160,7 +160,7 @@ class Glob(_Node):
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, v: str) -> str:
-        from targetsel.query.patterns import glob_to_regex
+        from targetsel.query.globs import glob_to_regex
 
         _as_value_error(glob_to_regex, v)
         return v

@@ -356,7 +356,7 @@ class _Parser:
 
     def atom_glob(self, start: int):
         pattern, column = self.value(start, "a dotted glob")
-        from targetsel.query.patterns import glob_to_regex
+        from targetsel.query.globs import glob_to_regex
 
         try:
             glob_to_regex(pattern)
