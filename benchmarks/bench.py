@@ -5,7 +5,7 @@
 
 Every figure is a ratio measured side by side in one process (absolute times on shared machines
 are noise): the reference is one bare `named_modules()` + `named_parameters()` walk of the same
-model. Targets (issue 7): P1 first query on a fresh model ≤ 1.3× walk; P2 a further query ≤ 0.1×;
+model. Targets: P1 first query on a fresh model ≤ 1.3× walk; P2 a further query ≤ 0.1×;
 P3 the "routed experts of layers 30–60" config ≤ 200 characters and exact; P4 `verify` ≤ 1×;
 P5 `get_peft_model` with targetsel's config ≤ 1.02× a hand-written suffix config.
 """
@@ -270,6 +270,14 @@ def environment() -> str:
             f"peft {peft.__version__}, transformers {transformers.__version__}")
 
 
+def cli_section() -> str:
+    """The CLI start-up timings (`/usr/bin/time`, fresh processes): benchmarks/cli_timings.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cli_timings
+
+    return cli_timings.table(cli_timings.measure())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1k,10k,63k")
@@ -282,6 +290,8 @@ def main(argv=None) -> int:
     else:
         result = run(args.sizes.split(","))
     text = table(result)
+    if not args.quick:
+        text += "\n\n" + cli_section()
     print(text)
     if not args.quick:
         Path(args.out).write_text(

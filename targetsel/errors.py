@@ -88,6 +88,23 @@ class ModulesToSaveOverlapError(PreflightError, ConfigError):
     """Selected modules are also named by the config's `modules_to_save`; PEFT would skip them silently."""
 
 
+class ExportError(ConfigError):
+    """A trainer's own config keys cannot make it adapt exactly the selection (`Selection.export`), or
+    the trainer is unknown; the message says why and the closest exact alternative."""
+
+
+class AuditError(TargetselError, RuntimeError):
+    """At train start the live model's adapters are not the intended ones (`TargetselCallback`).
+    `.report` is the text the callback printed."""
+
+    def __init__(self, message: str, report: str = ""):
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self):  # keep pickling (multiprocessing, pytest-xdist) working
+        return (type(self), (str(self), self.report))
+
+
 class ModelRewrittenError(TargetselError, RuntimeError):
     """A selection made before `get_peft_model` was evaluated after it rewrote the model (adapter
     layers, `base_layer`, `lora_A`, …): it would no longer mean what it meant when it was made."""
@@ -95,6 +112,11 @@ class ModelRewrittenError(TargetselError, RuntimeError):
 
 class ModelLoadError(TargetselError, ValueError):
     """A command-line MODEL names nothing that can be built (bad path, factory, hub id or class)."""
+
+
+class AdapterFileError(ConfigError):
+    """A saved adapter cannot be read: no adapter_config.json or weights file, a corrupt safetensors
+    header, or a weights format whose keys cannot be read without loading its data."""
 
 
 class SpecError(TargetselError, ValueError):
@@ -119,16 +141,22 @@ class QuerySyntaxError(TargetselError, ValueError):
         return (type(self), (self.reason, self.query, self.position, self.hint))
 
 
-def closest(word: str, candidates: Sequence[str], n: int = 3) -> list[str]:
-    """The candidates nearest to `word` (difflib's ratio), best first."""
-    import difflib
+def hinted(error_class: type, reason: str, hint: str):
+    """`error_class("reason; hint")` that also keeps `.reason` and `.hint` apart, so that the query
+    parser can show the reason at a column and the hint below it."""
+    error = error_class(f"{reason}; {hint}" if hint else reason)
+    error.reason, error.hint = reason, hint
+    return error
 
-    return difflib.get_close_matches(word, list(dict.fromkeys(candidates)), n=n, cutoff=0.5)
 
+def with_context(error: BaseException, context: str) -> BaseException:
+    """A copy of `error` — same class, same attributes — whose message ends with `context`.
 
-def did_you_mean(word: str, candidates: Sequence[str], what: str = "") -> str:
-    near = closest(word, candidates)
-    if not near:
-        return ""
-    shown = ", ".join(f"`{c}`" for c in near)
-    return f"did you mean {shown}{' ' + what if what else ''}?"
+    The copy is made without calling the class's constructor, which may take other arguments than
+    a message (`PreflightError(message, findings)`, `PeftRejectionError(message, peft_error)`); their
+    `__reduce__` rebuilds from `str(error)`, so the copy pickles with its context.
+    """
+    copied = type(error).__new__(type(error))
+    copied.__dict__.update(error.__dict__)
+    copied.args = (f"{error}{context}",)
+    return copied

@@ -11,52 +11,35 @@ freezes what a selection means now, for logs and for `audit()`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
-import torch
 from torch import nn
 
 from targetsel.query import nodes as N
 from targetsel.query.patterns import describe
-from targetsel.errors import ModelMismatchError, ModelRewrittenError, SelectionError, SpecError, TargetselError
-from targetsel.model.evaluate import check_against_model, select_mask
-from targetsel.model.index import ModelIndex, get_index
+from targetsel.errors import ModelMismatchError, SelectionError, TargetselError
+from targetsel.model.evaluate import check_against_model
+from targetsel.model.index import get_index
+from targetsel.model.resolution import Bound, query_node
+from targetsel.views.snapshot import Resolved, snapshot
 
 TypeLike = Union[type, str]
 
 
-class Selection:
-    """The modules of one model that a selector picks. Immutable; every method returns a new one."""
+class Selection(Bound):
+    """The modules of one model that a selector picks. Immutable; every method returns a new one.
 
-    # `_adapted`: the model held PEFT adapter layers when the selection was made. A selection made
-    # before get_peft_model must not quietly answer for the rewritten tree (see `_index`).
-    __slots__ = ("_model", "_node", "_adapted")
+    A thin fluent facade: the verbs build selector nodes, the terminals evaluate them once into a
+    `Resolution` (`resolution()`) and hand that to the view or bridge function that answers.
+    """
 
-    def __init__(self, model: nn.Module, node: Any = N.ALL, *, _checked: bool = False):
-        index = get_index(model, for_names=True)  # raises NotAModuleError for anything but an nn.Module
-        if isinstance(node, N.Selector):
-            node = node.root
-        if not _checked:
-            check_against_model(node, index)
-        self._model = model
-        self._node = node
-        self._adapted = index.has_tuner_layers()
+    __slots__ = ()
 
     # ------------------------------------------------------------------ plumbing
-    @property
-    def model(self) -> nn.Module:
-        return self._model
-
     @property
     def selector(self) -> N.Selector:
         """The model-independent selector; `str()` of it is the canonical query."""
         return N.Selector(self._node)
-
-    @property
-    def query(self) -> str:
-        """The canonical query string (callables from `.where(fn)` are shown but cannot be parsed)."""
-        return N.to_query(self._node)
 
     def _with(self, node, other: Optional["Selection"] = None) -> "Selection":
         out = object.__new__(Selection)
@@ -69,25 +52,6 @@ class Selection:
     def _refine(self, node, other: Optional["Selection"] = None) -> "Selection":
         check_against_model(node, get_index(self._model, for_names=True))
         return self._with(N.and_(self._node, node), other)
-
-    def _index(self) -> ModelIndex:
-        index = get_index(self._model)
-        if not self._adapted and index.has_tuner_layers():
-            raise ModelRewrittenError(self._rewritten_message(index))
-        return index
-
-    def _rewritten_message(self, index: ModelIndex) -> str:
-        return (
-            f"the model of selection {self.query!r} ({type(self._model).__name__}) was rewritten by get_peft_model "
-            f"after the selection was made: it now holds {index.tuner_layer_count()} PEFT adapter layer(s), so the "
-            "selection would answer for adapter internals (base_layer, lora_A, …) instead of the model it was made on. "
-            "Use what it resolved to before injection (take sel.resolved() or sel.lock() before get_peft_model; "
-            "audit(peft_model, sel) compares with what PEFT wrapped), or select again on the adapted model on purpose: "
-            f"select(model, {self.query!r})."
-        )
-
-    def _mask(self, index: Optional[ModelIndex] = None) -> torch.Tensor:
-        return select_mask(self._node, index if index is not None else self._index())
 
     # ------------------------------------------------------------------ filters
     def trainable(self) -> "Selection":
@@ -106,6 +70,11 @@ class Selection:
         """What PEFT's "all-linear" means: nn.Linear, transformers' Conv1D, quantized linears; not the output head."""
         return self._refine(N.Flag(kind="linear"))
 
+    def quantized(self) -> "Selection":
+        """Quantized layers (bitsandbytes, GPTQ, AWQ, HQQ, EETQ, AQLM, FP8, compressed-tensors, torchao, …):
+        their packed base weights never require grad, so select them by what they are, not by grad state."""
+        return self._refine(N.Flag(kind="quantized"))
+
     def leaf(self) -> "Selection":
         """Modules with no child modules."""
         return self._refine(N.Flag(kind="leaf"))
@@ -123,16 +92,10 @@ class Selection:
 
     def name(self, pattern: str) -> "Selection":
         """Regex *search* over the full dotted name (the `regex` package, with a time budget)."""
-        from targetsel.query.patterns import compile_regex
-
-        compile_regex(N.normalise_regex(pattern))
         return self._refine(N.NameRegex(pattern=pattern))
 
     def glob(self, pattern: str) -> "Selection":
         """Dotted glob over the full name: `*` one segment, `**` any number, `{q,k}` and `{0..31}` sets."""
-        from targetsel.query.globs import glob_to_regex
-
-        glob_to_regex(pattern)
         return self._refine(N.Glob(pattern=pattern))
 
     def under(self, prefix_or_selection: Union[str, "Selection"]) -> "Selection":
@@ -164,18 +127,6 @@ class Selection:
 
     def component(self, name: str) -> "Selection":
         """vision, audio, language, projector or head — found from the model's structure."""
-        if not isinstance(name, str):
-            from targetsel.errors import UnknownNameError
-
-            raise UnknownNameError(f"component() takes a name such as 'vision', got {describe(name)}; "
-                                   f"components are {', '.join(N.COMPONENTS)}")
-        if name not in N.COMPONENTS:
-            from targetsel.errors import UnknownNameError, did_you_mean
-
-            raise UnknownNameError(
-                f"unknown component {name!r}; components are {', '.join(N.COMPONENTS)}"
-                + (f" ({did_you_mean(name, N.COMPONENTS)})" if did_you_mean(name, N.COMPONENTS) else "")
-            )
         return self._refine(N.Component(name=name))
 
     def where(self, predicate: Union[str, Callable[[str, nn.Module], bool], "Selection", N.Selector]) -> "Selection":
@@ -225,16 +176,14 @@ class Selection:
     # ------------------------------------------------------------------ terminals
     def names(self) -> list[str]:
         """Selected module names in model (`named_modules()`) order; `[]` when nothing is selected."""
-        index = self._index()
-        names = index.names
-        return [names[i] for i in self._mask(index).nonzero().flatten().tolist()]
+        return list(self.resolution().names)
 
     def modules(self) -> dict[str, nn.Module]:
-        index = self._index()
-        return {index.names[i]: index.modules[i] for i in self._mask(index).nonzero().flatten().tolist()}
+        res = self.resolution()
+        return {res.index.names[i]: res.index.modules[i] for i in res.positions}
 
     def __len__(self) -> int:
-        return int(self._mask().sum())
+        return self.resolution().count
 
     def count(self) -> int:
         return len(self)
@@ -243,15 +192,15 @@ class Selection:
         return iter(self.names())
 
     def __contains__(self, name: object) -> bool:
-        index = self._index()
-        pos = index.position(name) if isinstance(name, str) else None
-        return bool(pos) and bool(self._mask(index)[pos])
+        res = self.resolution()
+        pos = res.index.position(name) if isinstance(name, str) else None
+        return bool(pos) and bool(res.mask[pos])
 
     def __bool__(self) -> bool:
         return True  # a Selection is a value, not a container test: use .is_empty()
 
     def is_empty(self) -> bool:
-        return not bool(self._mask().any())
+        return self.resolution().count == 0
 
     def assert_count_is(self, n: int) -> "Selection":
         """A guard for the middle of a chain: raise unless exactly `n` modules are selected."""
@@ -267,7 +216,7 @@ class Selection:
         """An anchored `re` regex that fullmatches exactly the selected names among this model's modules."""
         from targetsel.views.targets import exact_regex
 
-        return exact_regex(self)
+        return exact_regex(self.resolution())
 
     def to_peft(self, form: str = "auto", *, check_peft: bool = True):
         """The `target_modules` value that makes PEFT target exactly this selection.
@@ -277,21 +226,26 @@ class Selection:
         would rewrite or reject on this model by name (its transformers-5 MoE conversion, the Mamba
         guard) raises `ConfigError` saying what PEFT would do instead; `check_peft=False` skips that.
         """
-        from targetsel.views.targets import compile_targets
+        res = self.resolution()
+        if not check_peft:
+            from targetsel.views.targets import compile_targets
 
-        return compile_targets(self, form, check_peft=check_peft)
+            return compile_targets(res, form)
+        from targetsel.bridge.forms import targets_peft_keeps
+
+        return targets_peft_keeps(res, form)
 
     def lora_params(self, r: int) -> int:
         """The parameters LoRA at rank `r` adds to the selected modules (r × (in + out) per layer)."""
         from targetsel.views.display import lora_params
 
-        return lora_params(self, r)
+        return lora_params(self.resolution(), r)
 
     def explain(self, name: str):
         """For one module: each clause of the selector, whether it kept or dropped the module, and why."""
         from targetsel.views.explain import explain
 
-        return explain(self, name)
+        return explain(self.resolution(), name)
 
     def parameters(self, pattern: Optional[str] = None):
         """The `nn.Parameter`s (regex search over their full names) inside the selected modules."""
@@ -299,123 +253,44 @@ class Selection:
 
         return ParameterSelection(self, pattern)
 
+    def export(self, trainer: str, **kw) -> dict:
+        """The config keys that make `trainer` (axolotl, llamafactory, swift, unsloth, trl, peft) adapt
+        exactly this selection; `parameters=`, `ranks=`, `alphas=` as in `targetsel.bridge.exports.export`."""
+        from targetsel.bridge.exports import export
+
+        return export(self, trainer, **kw)
+
     def lock(self) -> dict:
         """The selector, the resolved names, a hash and the library versions: compare later with `check_lock`."""
         from targetsel.views.lock import lock
 
-        return lock(self)
+        return lock(self.resolution())
 
-    def resolved(self) -> "Resolved":
+    def resolved(self) -> Resolved:
         """What this selection means now, frozen: for logs, and for `audit()` after `get_peft_model`."""
-        from targetsel.bridge.audit import remember
-
-        index = self._index()
-        names = [index.names[i] for i in self._mask(index).nonzero().flatten().tolist()]
-        remember(self, names)
-        return Resolved(query=self.query, names=tuple(names), model_class=type(self._model).__name__,
-                        module_count=index.size - 1)
-
-    def _rewritten(self, label: Optional[str] = None) -> Optional[str]:
-        """A one-line stand-in for displays (a repr must not raise) when the model was rewritten since."""
-        try:
-            self._index()
-        except ModelRewrittenError:
-            return (f"{label or f'Selection({self.query!r})'} of {type(self._model).__name__}: not evaluated, the "
-                    "model was rewritten by get_peft_model after this selection was made (names() says what to do)")
-        return None
+        res = self.resolution()
+        res.remember()
+        return snapshot(res)
 
     def __repr__(self) -> str:
         from targetsel.views.display import render_text
 
-        return self._rewritten() or render_text(self)
+        return self.stale_note() or render_text(self.resolution())
 
     def _repr_html_(self) -> str:
         from targetsel.views.display import render_html
 
-        stale = self._rewritten()
+        stale = self.stale_note()
         if stale:
             import html
 
             return f"<pre>{html.escape(stale)}</pre>"
-        return render_html(self)
+        return render_html(self.resolution())
 
     def __rich__(self):
         from targetsel.views.display import render_rich
 
-        return self._rewritten() or render_rich(self)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """What a selection resolved to, frozen: the names in model order and where they came from.
-
-    `Selection.resolved()` gives `kind="modules"`; `ParameterSelection.resolved()` gives
-    `kind="parameters"` (names are `module.param`, `pattern` the parameter regex). `module_count` is
-    the number of named modules the model had. Picklable and hashable; `to_dict()` is JSON-able and
-    `Resolved.from_dict()` reads it back. `audit(peft_model, resolved)` takes it as what was selected.
-    """
-
-    query: str
-    names: tuple[str, ...]
-    model_class: str
-    module_count: int
-    kind: str = "modules"
-    pattern: Optional[str] = None
-
-    KINDS = ("modules", "parameters")
-
-    def __post_init__(self):
-        object.__setattr__(self, "names", tuple(self.names))  # a list given by hand stays frozen too
-
-    @property
-    def count(self) -> int:
-        return len(self.names)
-
-    def to_dict(self) -> dict:
-        """Plain JSON types: `json.dumps(r.to_dict())` works, `Resolved.from_dict` reads it back."""
-        return {
-            "kind": self.kind,
-            "query": self.query,
-            "pattern": self.pattern,
-            "model_class": self.model_class,
-            "module_count": self.module_count,
-            "count": self.count,
-            "names": list(self.names),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "Resolved":
-        """The inverse of `to_dict()`; raises `SpecError` naming the first field that is wrong."""
-        if not isinstance(data, dict):
-            raise SpecError(f"Resolved.from_dict takes the dict Resolved.to_dict() returns, got {type(data).__name__}")
-        fields = {"kind": str, "query": str, "pattern": (str, type(None)), "model_class": str, "module_count": int,
-                  "count": int, "names": list}
-        missing = [f for f in fields if f not in data]
-        extra = sorted(set(data) - set(fields))
-        if missing or extra:
-            raise SpecError(
-                f"not a Resolved dict: {'missing ' + ', '.join(missing) if missing else ''}"
-                f"{'; ' if missing and extra else ''}{'unknown ' + ', '.join(extra) if extra else ''}"
-            )
-        for key, kind in fields.items():
-            value = data[key]
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise SpecError(f"Resolved.from_dict: {key!r} has the wrong type ({type(value).__name__})")
-        if data["kind"] not in cls.KINDS:
-            raise SpecError(f"Resolved.from_dict: kind is 'modules' or 'parameters', got {data['kind']!r}")
-        if not all(isinstance(n, str) for n in data["names"]) or data["count"] != len(data["names"]):
-            raise SpecError("Resolved.from_dict: names must be strings, as many as count says; take a new snapshot")
-        return cls(query=data["query"], names=tuple(data["names"]), model_class=data["model_class"],
-                   module_count=data["module_count"], kind=data["kind"], pattern=data["pattern"])
-
-    def __repr__(self) -> str:
-        from targetsel.text.grouping import summarize_names
-
-        shown = summarize_names(list(self.names), limit=4) if self.names else "nothing"
-        if self.kind == "parameters":
-            source = f"{self.query!r}.parameters({'' if self.pattern is None else repr(self.pattern)})"
-            return f"Resolved({source} → {self.count} parameter(s) in {self.model_class} ({self.module_count} modules): {shown})"
-        return f"Resolved({self.query!r} → {self.count} of the {self.module_count} modules of {self.model_class}: {shown})"
+        return self.stale_note() or render_rich(self.resolution())
 
 
 def _type_name(t: TypeLike) -> str:
@@ -456,18 +331,6 @@ def select(model: nn.Module, query: Union[str, N.Selector, None] = None) -> Sele
     >>> select(model).trainable().type(nn.Linear).names()
     >>> select(model, "linear & trainable & !under:vision_tower")
     """
-    sel = Selection(model)
     if query is None:
-        return sel
-    if isinstance(query, N.Selector):
-        return Selection(model, query.root)
-    if isinstance(query, str):
-        from targetsel.query.parser import parse
-
-        node = parse(query).root
-        try:
-            check_against_model(node, get_index(model, for_names=True))
-        except TargetselError as exc:
-            raise type(exc)(f"{exc}\n  in query: {query}") from None
-        return Selection(model, node, _checked=True)
-    raise TargetselError(f"select(model, query): query must be a string or a Selector, got {type(query).__name__}")
+        return Selection(model)
+    return Selection(model, query_node(model, query), _checked=True)

@@ -1,8 +1,8 @@
-"""The architecture corpus (issue 4): real transformers models from their default config classes,
+"""The architecture corpus: real transformers models from their default config classes,
 shrunk to two layers, on the meta device — and the queries run against each.
 
 Shared by tests/test_corpus.py (judged by a real `get_peft_model`, tests/oracle.py) and
-benchmarks/corpus_table.py (which prints the README summary).
+tests/corpus_table.py (which prints the README summary).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Smoke run of benchmarks/bench.py on its smallest size (issue 7). Timings are reported, never asserted."""
+"""Smoke run of benchmarks/bench.py on its smallest size. Timings are reported, never asserted."""
 
 from __future__ import annotations
 

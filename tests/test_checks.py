@@ -1,4 +1,4 @@
-"""Preflight checks (issue 5): every code, both incidents, and how patch() acts on findings."""
+"""Preflight checks: every code, both incidents, and how patch() acts on findings."""
 
 from __future__ import annotations
 
@@ -240,3 +240,33 @@ def test_strict_false_downgrades_what_peft_survives():
     # errors PEFT cannot survive stay errors
     with pytest.raises(ts.NestedTargetsError):
         patch(LoraConfig(), select(model, "linear"), strict=False)
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+def test_codes_are_reported_by_severity_then_registration():
+    """The report order: errors, warnings, infos; within each, the order the rule modules register
+    their codes (bridge/checks/__init__.py imports them in that order)."""
+    severities = [CODES[c].severity for c in CODES]
+    assert severities == sorted(severities, key=("error", "warning", "info").index)
+    errors = [c for c in CODES if CODES[c].severity == "error"]
+    # patch() raises the class of the first error: the order among these decides which one
+    assert errors.index("empty-selection") < errors.index("nested-targets") < errors.index("container-target") \
+        < errors.index("unsupported-type") < errors.index("modules-to-save-overlap") < errors.index("peft-rejects") \
+        < errors.index("modules-to-save-wraps")
+    warnings_ = [c for c in CODES if CODES[c].severity == "warning"]
+    assert warnings_[:5] == ["frozen-target", "subclass-target", "output-head", "adapter-name-clash", "shared-module"]
+
+
+@pytest.mark.parametrize("code, severity, message", [
+    ("nested-targets", "error", r"rule 'nested-targets' is registered twice"),
+    ("a-new-code", "fatal", r"rule 'a-new-code': severity must be one of \('error', 'warning', 'info'\), not 'fatal'"),
+])
+def test_a_rule_registers_once_with_a_known_severity(code, severity, message):
+    from targetsel.bridge.checks import rule
+
+    before = dict(CODES)
+    with pytest.raises(AssertionError, match=message):
+        rule(code, severity)(lambda s: [])
+    assert CODES == before

@@ -1,4 +1,4 @@
-"""Components found from structure (issue 6): real VLM and speech architectures on the meta device."""
+"""Components found from structure: real VLM and speech architectures on the meta device."""
 
 from __future__ import annotations
 

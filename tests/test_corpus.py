@@ -1,4 +1,4 @@
-"""Real transformers architectures × a table of queries (issue 4), judged by PEFT itself.
+"""Real transformers architectures × a table of queries, judged by PEFT itself.
 
 For every architecture in `corpus.ARCHS` and every query in `corpus.QUERIES` (plus `linear &
 trainable` after freezing a tower), every compiled form of a non-empty selection — `to_peft(form)`
@@ -16,7 +16,7 @@ injection path still runs and shows what it matched. `patch()` promises more —
 accepts — so its config is injected as is.
 
 The default run judges a broad subset (`DEFAULT_CASES`: every architecture with every form, on
-three of the ten queries); `-m slow` runs the rest of the product. `python benchmarks/corpus_table.py`
+three of the ten queries); `-m slow` runs the rest of the product. `python tests/corpus_table.py`
 runs all of it and prints the README summary.
 """
 

@@ -1,4 +1,4 @@
-"""Display (issue 6): grouped rows, ten lines for tens of thousands of modules, HTML, rich, lora_params."""
+"""Display: grouped rows, ten lines for tens of thousands of modules, HTML, rich, lora_params."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def moe():
 
 def test_tens_of_thousands_of_modules_in_about_ten_lines(moe):
     sel = select(moe, "linear")
-    lines = render_text(sel).splitlines()
+    lines = render_text(sel.resolution()).splitlines()
     assert len(sel) == 48 * (4 + 64 * 3)
     linear_params = 192 * 64 * 64 + 9216 * 64 * 32  # 19.66M; the 48 LayerNorms add 6144
     assert lines == [
@@ -75,9 +75,9 @@ def test_tens_of_thousands_of_modules_in_about_ten_lines(moe):
 @pytest.mark.parametrize("query", ["all", "leaf", "!linear", "layers:0..3 | type:LayerNorm"])
 def test_any_selection_of_a_big_model_fits_in_fourteen_lines(moe, query):
     sel = select(moe, query)
-    text = render_text(sel)
+    text = render_text(sel.resolution())
     assert len(text.splitlines()) <= 14
-    rows = summarize(sel).rows
+    rows = summarize(sel.resolution()).rows
     assert sum(r.count for r in rows) == len(sel)  # every module in exactly one row
 
 
@@ -85,13 +85,13 @@ def test_many_groups_are_cut_to_fourteen_lines():
     with torch.device("meta"):
         m = nn.Sequential(*[nn.Linear(8, k) for k in range(1, 31)])  # 30 shapes: 30 one-module rows
     sel = select(m, "linear")
-    lines = render_text(sel).splitlines()
+    lines = render_text(sel.resolution()).splitlines()
     assert len(lines) == 14
     assert lines[1].startswith("  0  ") and lines[11].startswith("  10  ")  # 11 rows, then the cut
     assert lines[12] == "  … 19 more groups (19 modules)"
     assert lines[13].startswith("30 modules · ")
-    assert len(render_text(sel, max_rows=30).splitlines()) == 32
-    table = render_rich(sel)
+    assert len(render_text(sel.resolution(), max_rows=30).splitlines()) == 32
+    table = render_rich(sel.resolution())
     assert table.row_count == 12 and table.columns[0]._cells[-1] == "… 19 more groups"
 
 
@@ -99,8 +99,8 @@ def test_render_is_fast_on_a_big_model(moe):
     sel = select(moe, "all")
     len(sel)  # the index is built before the clock starts: this measures the display alone
     start = time.perf_counter()
-    render_text(sel)
-    render_html(sel)
+    render_text(sel.resolution())
+    render_html(sel.resolution())
     # ~0.1 s each here on an idle core; the bound only catches per-module Python work gone quadratic
     assert time.perf_counter() - start < 4.0
 
@@ -127,13 +127,13 @@ DEMO_ROWS = [
 
 @pytest.mark.parametrize("query, rows", DEMO_ROWS, ids=[c[0] for c in DEMO_ROWS])
 def test_demo_rows(query, rows):
-    summary = summarize(select(models.demo(), query))
+    summary = summarize(select(models.demo(), query).resolution())
     assert [(r.pattern, r.count, r.cls, r.shape, r.state) for r in summary.rows] == rows
 
 
 def test_group_patterns_paste_back_as_globs():
     model = models.demo()
-    for row in summarize(select(model, "all")).rows:
+    for row in summarize(select(model, "all").resolution()).rows:
         same = select(model, "all").glob(row.pattern)
         assert len(same) >= row.count, row.pattern  # the glob finds at least the row's modules
 
@@ -142,7 +142,7 @@ def test_rows_split_by_shape_and_grad_state():
     model = models.demo()
     model.vision_tower.layers[0].mlp.fc1.requires_grad_(True)
     model.vision_tower.layers[1].mlp.fc2.bias.requires_grad_(True)
-    rows = summarize(select(model, "glob:vision_tower.layers.*.mlp | glob:vision_tower.layers.*.mlp.*")).rows
+    rows = summarize(select(model, "glob:vision_tower.layers.*.mlp | glob:vision_tower.layers.*.mlp.*").resolution()).rows
     assert [(r.pattern, r.count, r.cls, r.shape, r.state) for r in rows] == [
         ("vision_tower.layers.{0,1}.mlp", 2, "Sequential", "", "mixed"),
         ("vision_tower.layers.0.mlp.fc1", 1, "Linear", "256→1024", "trainable"),
@@ -156,7 +156,7 @@ def test_rows_split_by_shape_and_grad_state():
 def test_parameterless_modules_show_a_dash():
     with torch.device("meta"):
         m = nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 2), nn.GELU())
-    rows = summarize(select(m, "all")).rows
+    rows = summarize(select(m, "all").resolution()).rows
     assert [(r.pattern, r.count, r.cls, r.state, r.params) for r in rows] == [
         ("{0,2}", 2, "Linear", "trainable", 12), ("{1,3}", 2, "GELU", "—", 0)]
 
@@ -164,7 +164,7 @@ def test_parameterless_modules_show_a_dash():
 def test_row_params_and_totals_are_exact():
     model = models.demo()
     sel = select(model, "linear & trainable - type:PLoRA - under:(type:PLoRA)")
-    summary = summarize(sel)
+    summary = summarize(sel.resolution())
     assert [r.params for r in summary.rows] == [
         sum(p.numel() for n in sel.names() if re.fullmatch(pattern_re, n) for p in model.get_submodule(n).parameters())
         for pattern_re in (r"multi_modal_projector\.linear_1", r"multi_modal_projector\.linear_2",
@@ -179,11 +179,11 @@ def test_tied_and_shared_parameters_count_once_in_totals(query):
     model = models.tied_and_shared()
     sel = select(model, query)
     distinct = {id(p): p.numel() for m in sel.modules().values() for p in m.parameters()}
-    assert summarize(sel).params == sum(distinct.values())
+    assert summarize(sel.resolution()).params == sum(distinct.values())
 
 
 def test_summary_rows_are_plain_data():
-    rows = summary_rows(select(models.demo(), "type:PLoRA & layers:0"))
+    rows = summary_rows(select(models.demo(), "type:PLoRA & layers:0").resolution())
     assert rows == [{"pattern": "language_model.layers.0.self_attn.{q,k,v,o}_proj", "count": 4, "class": "PLoRA",
                      "shape": "512→512", "grad_state": "trainable", "params": 4 * (512 * 512 + 8 * 512 * 2)}]
 
@@ -261,15 +261,15 @@ HF_CASES = [
 def test_real_transformers_models(model_type, query, row):
     model = models.cached_hf_model(model_type)
     sel = select(model, query)
-    text = render_text(sel)
+    text = render_text(sel.resolution())
     assert row in text
-    summary = summarize(sel)
+    summary = summarize(sel.resolution())
     assert sum(r.count for r in summary.rows) == len(sel)
     assert summary.model_params == sum(p.numel() for p in model.parameters())
     # LoRA by hand from the weight shapes: Linear stores (out, in), GPT-2's Conv1D (in, out)
     by_hand = sum(8 * sum(m.weight.shape) for m in sel.modules().values())
     assert sel.lora_params(8) == by_hand
-    assert f"LoRA r=8 adds {human(by_hand)}" in render_text(sel, r=8)
+    assert f"LoRA r=8 adds {human(by_hand)}" in render_text(sel.resolution(), r=8)
 
 
 def test_real_transformers_lora_params_match_peft():
@@ -298,8 +298,8 @@ def test_renderers_reject_bad_ranks(render):
 
 def test_no_rank_no_lora_line():
     sel = select(models.demo(), "linear")
-    assert "adds" not in render_text(sel, r=None).splitlines()[-1]
-    assert render_text(sel, r=4).splitlines()[-1].endswith(f"LoRA r=4 adds {human(sel.lora_params(4))}")
+    assert "adds" not in render_text(sel.resolution(), r=None).splitlines()[-1]
+    assert render_text(sel.resolution(), r=4).splitlines()[-1].endswith(f"LoRA r=4 adds {human(sel.lora_params(4))}")
 
 
 # ---------------------------------------------------------------------------- the three forms
@@ -315,7 +315,7 @@ def odd_model():
 
 
 def test_html_is_a_real_escaped_table():
-    out = render_html(select(odd_model(), "linear"))
+    out = render_html(select(odd_model(), "linear").resolution())
     assert out.startswith("<table") and out.endswith("</table>")
     assert "<thead><tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr></thead>" in out
     assert "<code>a&lt;b&gt;&amp;c</code>" in out and "a<b>" not in out
@@ -324,18 +324,18 @@ def test_html_is_a_real_escaped_table():
 
 
 def test_html_escapes_the_query_in_the_caption():
-    out = render_html(select(odd_model(), 'glob:"a<b>&c"'))
+    out = render_html(select(odd_model(), 'glob:"a<b>&c"').resolution())
     assert "<code>glob:&quot;a&lt;b&gt;&amp;c&quot;</code>" in out
 
 
 def test_html_caps_rows_and_says_how_many_more(moe):
-    out = render_html(select(moe, "all"), max_rows=3)
+    out = render_html(select(moe, "all").resolution(), max_rows=3)
     assert out.count("<tr><td style='text-align:left'><code>") == 2
     assert re.search(r"<tr><td colspan='6'>… \d+ more groups \(\d+ modules\)</td></tr>", out)
 
 
 def test_text_has_no_ansi_and_aligned_columns():
-    text = render_text(select(models.demo(), "linear & trainable"))
+    text = render_text(select(models.demo(), "linear & trainable").resolution())
     assert not ANSI.search(text)
     rows = text.splitlines()[1:-1]
     assert len({row.index(" × ") - len(row.split()[1]) for row in rows}) == 1  # counts right-aligned before "×"
@@ -368,7 +368,7 @@ def test_rich_respects_no_color(monkeypatch, no_color, coloured):
 
 
 def test_rich_table_columns_and_caption():
-    table = render_rich(select(models.demo(), "linear & trainable"))
+    table = render_rich(select(models.demo(), "linear & trainable").resolution())
     assert [c.header for c in table.columns] == list(COLUMNS)
     assert "Selection('linear & trainable')" in str(table.title)
     assert re.match(r"92 modules · [\d.]+M parameters", str(table.caption))
@@ -379,10 +379,10 @@ def test_empty_selection_says_why_in_every_form():
 
     sel = select(models.demo(), "linear & glob:nothing.*")
     buffer = io.StringIO()
-    Console(file=buffer, width=300).print(render_rich(sel))
-    for text in (render_text(sel), render_html(sel), buffer.getvalue()):
+    Console(file=buffer, width=300).print(render_rich(sel.resolution()))
+    for text in (render_text(sel.resolution()), render_html(sel.resolution()), buffer.getvalue()):
         assert "is empty" in text and "glob:nothing.*" in text
-    assert render_text(sel).splitlines()[0] == "Selection('linear & glob:nothing.*') — 0 of 177 modules of DemoVLM"
+    assert render_text(sel.resolution()).splitlines()[0] == "Selection('linear & glob:nothing.*') — 0 of 177 modules of DemoVLM"
 
 
 @pytest.mark.parametrize("n, text", [(0, "0"), (512, "512"), (4200, "4.2K"), (12_600_000, "12.6M"),
@@ -395,6 +395,6 @@ def test_selection_hooks_use_the_renderers():
     from rich.table import Table
 
     sel = select(models.demo(), "linear & trainable")
-    assert repr(sel) == render_text(sel)
-    assert sel._repr_html_() == render_html(sel)
+    assert repr(sel) == render_text(sel.resolution())
+    assert sel._repr_html_() == render_html(sel.resolution())
     assert isinstance(sel.__rich__(), Table)

@@ -1,4 +1,4 @@
-"""Selection.explain(name) (issue 5): each clause, kept or dropped, and why."""
+"""Selection.explain(name): each clause, kept or dropped, and why."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Freshness (issue 2, semantics 2): terminals reflect the model when they run, never a stale index."""
+"""Freshness: terminals reflect the model when they run, never a stale index."""
 
 from __future__ import annotations
 

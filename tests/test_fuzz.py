@@ -1,4 +1,4 @@
-"""Query fuzzing (issue 8.2): grammar-aware generation, mutation and raw text.
+"""Query fuzzing: grammar-aware generation, mutation and raw text.
 
 For any input, `parse()` either returns a Selector that round-trips through `str` and JSON, or
 raises `QuerySyntaxError` whose position lies inside the query; nothing else ever escapes.

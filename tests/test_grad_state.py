@@ -1,4 +1,4 @@
-"""Grad state (issue 2, semantics 1): trainable / frozen / mixed over every parameter a module uses."""
+"""Grad state: trainable / frozen / mixed over every parameter a module uses."""
 
 from __future__ import annotations
 

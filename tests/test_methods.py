@@ -1,4 +1,4 @@
-"""Every PEFT config class with `target_modules` (issue 4): patch + verify + a real get_peft_model.
+"""Every PEFT config class with `target_modules`: patch + verify + a real get_peft_model.
 
 The expected list is explicit so that a class the installed peft adds (or drops) fails here instead
 of being skipped silently; the table gives each method the arguments it needs on a small CPU model.

@@ -1,4 +1,4 @@
-"""The notebook one-liner (issue 6): examples/quickstart.ipynb executed by a real Jupyter kernel.
+"""The notebook one-liner: examples/quickstart.ipynb executed by a real Jupyter kernel.
 
 The kernel runs the interpreter running this test, whatever kernelspecs the machine has: a
 "python3" spec is written to a temporary JUPYTER_PATH (searched before the user's and the

@@ -11,7 +11,7 @@ from torch import nn
 
 import models
 from targetsel import check, select
-from targetsel.bridge.checks import _embedding_ties
+from targetsel.bridge.checks.head_rules import embedding_ties as _embedding_ties
 from targetsel.model.index import get_index
 
 

@@ -1,4 +1,4 @@
-"""patch(config, selection) (issue 2): exact targets proven with PEFT's own matcher and a real injection."""
+"""patch(config, selection): exact targets proven with PEFT's own matcher and a real injection."""
 
 from __future__ import annotations
 
@@ -142,6 +142,54 @@ def test_layers_to_transform_with_a_suffix_list_raises():
     with pytest.raises(ts.ConfigError, match=r"^LoraConfig carries layers_to_transform=\[0\], layers_pattern='layers', which changes what PEFT targets: "
                        + re.escape(f"{len(lost)} selected module(s) would not be targeted: {summarize_names(lost, limit=4)}")):
         patch(config, sel, form="suffixes")
+
+
+# The one list of match-changing fields (bridge/match_fields.py), read by patch() and check().
+_FIELDS = dict(exclude_modules=["a"], layers_to_transform=[0], layers_pattern="layers", ensure_weight_tying=True)
+
+
+@pytest.mark.parametrize("config, removing_only, groups", [
+    (LoraConfig(), False, []),
+    (LoraConfig(exclude_modules=[], modules_to_save=[], layers_to_transform=None), False, []),
+    (LoraConfig(**_FIELDS), False, [("exclude_modules",), ("layers_to_transform", "layers_pattern"), ("ensure_weight_tying",)]),
+    (LoraConfig(**_FIELDS), True, [("exclude_modules",), ("layers_to_transform", "layers_pattern")]),
+    (LoraConfig(target_parameters=["experts.gate_up_proj"]), False, [("target_parameters",)]),
+])
+def test_match_changing_fields_of_a_config(config, removing_only, groups):
+    from targetsel.bridge.match_fields import set_fields
+
+    assert set_fields(config, removing_only=removing_only) == groups
+
+
+def test_clearing_fields_copies_the_config():
+    from targetsel.bridge.match_fields import without
+
+    config = LoraConfig(target_modules=["q"], **_FIELDS)
+    new = without(config, ("exclude_modules", "ensure_weight_tying", "layers_to_transform", "layers_pattern"), target_modules=["k"])
+    assert (new.exclude_modules, new.ensure_weight_tying, new.layers_to_transform, new.target_modules) == (None, False, None, {"k"})
+    assert (config.exclude_modules, config.ensure_weight_tying, config.target_modules) == ({"a"}, True, {"q"})
+    with pytest.raises(ts.ConfigError, match=r"^LoraConfig rejected the compiled targets: When `layers_pattern` is specified"):
+        without(config, ("layers_to_transform",))  # layers_pattern alone: LoraConfig refuses it
+
+
+@pytest.mark.parametrize("form, compiled", [("auto", ["list", "regex", "suffixes"]), ("regex", ["regex"])])
+def test_patch_evaluates_once_and_compiles_each_form_once(monkeypatch, form, compiled):
+    """patch() used to evaluate the selection about six times and compile each form two or three times."""
+    import warnings
+
+    import targetsel.model.resolution as resolution
+    import targetsel.views.targets as targets
+
+    resolved, forms = [], []
+    real_resolve, real_forms = resolution.resolve, targets.candidate_forms
+    monkeypatch.setattr(resolution, "resolve", lambda *a, **k: resolved.append(1) or real_resolve(*a, **k))
+    monkeypatch.setattr(targets, "candidate_forms", lambda res, kind="auto": forms.append(kind) or real_forms(res, kind))
+    sel = select(models.demo()).linear().trainable().leaf()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new = patch(LoraConfig(), sel, form=form)
+    assert (len(resolved), sorted(forms)) == (1, compiled)
+    assert ts.verify(sel.model, new) == sel.names()
 
 
 def test_harmless_fields_are_kept():

@@ -1,4 +1,4 @@
-"""The bridge to PEFT beyond target_modules (issue 4): target_parameters, per-group ranks and alphas,
+"""The bridge to PEFT beyond target_modules: target_parameters, per-group ranks and alphas,
 audit after get_peft_model, locks and drift. Every case ends in a real get_peft_model where PEFT acts."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 import models
 import targetsel as ts
 from targetsel import audit, check_lock, patch, select, verify
-from targetsel.views.parameters import verify_parameters
+from targetsel.bridge.verify import verify_parameters
 
 SAFE_QUERY = "linear & trainable - type:PLoRA - under:(type:PLoRA)"  # the demo's LoRA-safe layers
 

@@ -1,4 +1,4 @@
-"""Property tests against PEFT (issue 8.1): random module trees × random selectors.
+"""Property tests against PEFT: random module trees × random selectors.
 
 Trees mix numbered blocks, the same leaf name at several depths, names that are dotted suffixes of
 other names, tied parameters, frozen and partly frozen subtrees and Linear subclasses. Selectors

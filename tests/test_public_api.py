@@ -1,7 +1,8 @@
 """The public API: `targetsel.__all__` is pinned, and every name is the documented object — never a
 submodule that shadows it — in any import order, including after patch() / check() / lock() /
 audit() ran (regression: `from targetsel import audit` gave the module `targetsel.bridge.audit` once
-patch() had imported it, and the README's patch → get_peft_model → audit flow raised TypeError)."""
+patch() had imported it, and the README's patch → get_peft_model → audit flow raised TypeError).
+Every name is served lazily, so `import targetsel` (and `targetsel --help`) imports no torch."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ PUBLIC = {
     "Explanation": "targetsel.views.explain",
     "Finding": "targetsel.bridge.checks",
     "check": "targetsel.bridge.checks",
+    "check_adapter": "targetsel.bridge.adapter_check",
+    "AdapterReport": "targetsel.bridge.adapter_check",
     "ParameterSelection": "targetsel.views.parameters",
     "Resolved": "targetsel.selection",
     "Selection": "targetsel.selection",
@@ -37,9 +40,11 @@ PUBLIC = {
     "verify": "targetsel.bridge.verify",
     "dry_run": "targetsel.bridge.verify",
     "Injection": "targetsel.bridge.injection",
+    "TargetselCallback": "targetsel.bridge.callback",
     **{
         name: "targetsel.errors"
         for name in (
+            "AuditError", "ExportError", "AdapterFileError",
             "ConfigError", "EmptySelectionError", "LayerSpecError", "ModelLoadError", "ModelMismatchError",
             "ModelRewrittenError", "ModulesToSaveOverlapError", "NestedTargetsError", "NotAModuleError",
             "NotSerialisableError", "PatternError", "PeftRejectionError", "PreflightError", "QuerySyntaxError",
@@ -73,11 +78,36 @@ def test_every_error_class_is_exported():
     assert defined <= set(ts.__all__)
 
 
-def test_no_lazy_name_is_a_submodule_name():
-    # Importing a submodule sets the package attribute of its name: a lazy name equal to a submodule's
-    # would be shadowed by the module. Such names must be imported eagerly in __init__.
-    assert not set(ts._LAZY) & _submodule_names()
-    assert set(ts._LAZY) <= set(ts.__all__)
+def test_every_public_name_is_lazy_and_none_is_a_submodule_name():
+    # `import targetsel` imports no torch: every public name is served by the module __getattr__.
+    # Importing a submodule sets the package attribute of its name, so a public name equal to a
+    # top-level submodule's would be shadowed by the module once anything imported it.
+    assert set(ts._LAZY) == set(ts.__all__)
+    assert _submodule_names() >= {"errors", "version", "selection", "demo", "cli", "text", "query", "model", "views", "bridge"}
+    assert not set(ts.__all__) & _submodule_names()
+
+
+# (what runs first, modules that must not be imported after it) — in a fresh interpreter
+IMPORT_COSTS = [
+    ("import targetsel", ("torch", "peft", "transformers", "pydantic", "rich", "targetsel.selection")),
+    ("import targetsel; targetsel.__version__; dir(targetsel)", ("torch", "peft", "transformers")),
+    ("from targetsel import TargetselError, QuerySyntaxError, ModelLoadError", ("torch", "peft", "transformers")),
+    ("from targetsel import select", ("peft", "transformers")),
+]
+
+
+@pytest.mark.parametrize("code, absent", IMPORT_COSTS, ids=[c for c, _ in IMPORT_COSTS])
+def test_importing_targetsel_does_not_import_torch(code, absent):
+    probe = f"import sys\n{code}\nprint(sorted(m for m in {list(absent)!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_version_is_served_without_importing_anything_heavy():
+    from targetsel.version import __version__
+
+    assert ts.__version__ == __version__ and isinstance(__version__, str)
 
 
 def test_unknown_attribute_raises_attribute_error():

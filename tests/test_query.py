@@ -1,4 +1,4 @@
-"""The query language and selector specs (issue 3): spellings, precedence, round-trips, errors."""
+"""The query language and selector specs: spellings, precedence, round-trips, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reliability (issue 8.3–8.5): regex safety, no mutation of what we are given, determinism."""
+"""Reliability: regex safety, no mutation of what we are given, determinism."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fluent filters, operators and terminals of `Selection` (issue 2), as tables of cases."""
+"""Fluent filters, operators and terminals of `Selection`, as tables of cases."""
 
 from __future__ import annotations
 

@@ -15,34 +15,17 @@ stay unadapted, so parameters PEFT adapted on its own (its transformers-5 MoE co
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from torch import nn
 
 from targetsel.errors import ModelRewrittenError, TargetselError
-
-# model → {selector key → names resolved before injection}
-_REMEMBERED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+from targetsel.model.resolution import Bound, recall
+from targetsel.views.parameters import ParameterSelection
+from targetsel.views.snapshot import Resolved
 
 MODULES, PARAMETERS = "modules", "parameters"
-
-
-def _key(selection) -> tuple:
-    from targetsel.views.parameters import ParameterSelection
-
-    if isinstance(selection, ParameterSelection):
-        return (PARAMETERS, selection.selection._node, selection.pattern)
-    return (MODULES, selection._node)
-
-
-def remember(selection, names: list[str]) -> None:
-    """Record what a `Selection` or `ParameterSelection` resolved to (by `patch()`, `lock()`, `resolved()`, `to_peft()`)."""
-    try:
-        _REMEMBERED.setdefault(selection.model, {})[_key(selection)] = list(names)
-    except TypeError:  # an unhashable predicate inside .where(fn): nothing to key on
-        pass
 
 
 @dataclass(frozen=True)
@@ -222,10 +205,7 @@ def _minus(names: list[str], other: list[str]) -> tuple[str, ...]:
 
 def _kind(reference) -> Optional[str]:
     """MODULES or PARAMETERS for a reference that says which it is; None for plain lists of names."""
-    from targetsel.views.parameters import ParameterSelection
-    from targetsel.selection import Resolved, Selection
-
-    if isinstance(reference, (Selection, dict)):
+    if isinstance(reference, (Bound, dict)):
         return MODULES
     if isinstance(reference, ParameterSelection):
         return PARAMETERS
@@ -257,9 +237,6 @@ def _route(selection, parameters) -> tuple[Any, Any]:
 
 
 def _expected(reference, kind: str) -> list[str]:
-    from targetsel.views.parameters import ParameterSelection
-    from targetsel.selection import Resolved, Selection
-
     what = "module" if kind == MODULES else "parameter"
     if reference is None:
         return []
@@ -274,7 +251,7 @@ def _expected(reference, kind: str) -> list[str]:
         if bad:
             raise TargetselError(f"audit(): {what} names must be strings, got {type(bad[0]).__name__} {bad[0]!r}")
         return list(reference)
-    if isinstance(reference, (Selection, ParameterSelection)):
+    if isinstance(reference, (Bound, ParameterSelection)):
         return _before_injection(reference)
     accepted = (
         "the Selection you patched with, its resolved() snapshot, its lock() or a list of module names"
@@ -288,19 +265,18 @@ def _expected(reference, kind: str) -> list[str]:
 def _before_injection(reference) -> list[str]:
     """What a (Parameter)Selection meant before get_peft_model rewrote its model."""
     from targetsel.model.index import get_index
-    from targetsel.views.parameters import ParameterSelection
 
     selection = reference.selection if isinstance(reference, ParameterSelection) else reference
     index = get_index(selection.model)
     if not index.has_tuner_layers():  # a model PEFT has not touched (e.g. a fresh copy): evaluate it now
         return reference.names()
-    if selection._adapted:
+    if selection.adapted:
         raise TargetselError(
             f"selection {selection.query!r} was made on a model that already held PEFT adapter layers, so it "
             "cannot say what was selected before injection. Pass the selection you gave patch(), or its resolved() "
             "snapshot (or lock()) taken before get_peft_model"
         )
-    remembered = _REMEMBERED.get(selection.model, {}).get(_key(reference))
+    remembered = recall(selection.model, reference.memory_key)
     if remembered is None:
         raise ModelRewrittenError(
             f"the model of selection {selection.query!r} was rewritten by get_peft_model after the selection was "

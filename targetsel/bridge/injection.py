@@ -26,6 +26,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from targetsel.model.quantized import meta_parameter
+
 
 @dataclass(frozen=True)
 class Injection:
@@ -74,12 +76,11 @@ class Injection:
 def _meta_tensor(t: torch.Tensor, memo: dict) -> torch.Tensor:
     hit = memo.get(id(t))
     if hit is None:
-        empty = torch.empty(tuple(t.shape), dtype=t.dtype, device="meta")
-        if isinstance(t, nn.Parameter):
+        if isinstance(t, nn.Parameter):  # subclasses (bitsandbytes' Params4bit) keep their class and attributes
             grad_ok = t.dtype.is_floating_point or t.dtype.is_complex
-            hit = nn.Parameter(empty, requires_grad=bool(t.requires_grad and grad_ok))
+            hit = meta_parameter(t, bool(t.requires_grad and grad_ok))
         else:
-            hit = empty
+            hit = torch.empty(tuple(t.shape), dtype=t.dtype, device="meta")
         memo[id(t)] = hit
     return hit
 

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from typing import Any
 
+from targetsel.bridge.match_fields import set_fields, without
+from targetsel.bridge.value_patterns import value_patterns
 from targetsel.errors import ConfigError, PeftRejectionError, SelectionError, TargetselError
+from targetsel.model.resolution import Bound, Resolution
 from targetsel.text.grouping import short_repr
-
-# Config fields that can change which modules PEFT targets, besides target_modules itself. Fields
-# that only make sense together (layers_pattern needs layers_to_transform) are cleared together.
-MATCH_CHANGING_FIELDS = (
-    ("exclude_modules",),
-    ("modules_to_save",),
-    ("layers_to_transform", "layers_pattern"),
-    ("layer_replication",),
-    ("ensure_weight_tying",),
-    ("trainable_token_indices",),
-    ("target_parameters",),
-)
 
 
 def _new_config(config: Any, **changes):
-    try:
-        return dataclasses.replace(copy.deepcopy(config), **changes)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{type(config).__name__} rejected the compiled targets: {exc}") from None
+    return without(config, (), **changes)
+
+
+def _resolution_of(selection) -> Resolution:
+    """What a selection means now (the one place this module asks a Selection)."""
+    return selection.resolution()
 
 
 def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ranks=None, alphas=None):
@@ -48,7 +39,6 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
     (`peft.utils.other.get_pattern_key`) resolves to exactly the intended value for every module.
     """
     from targetsel.views.parameters import ParameterSelection
-    from targetsel.selection import Selection
     from targetsel.bridge.verify import dry_run, require_peft_config
 
     require_peft_config(config)
@@ -56,19 +46,20 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
         if ranks or alphas:
             raise ConfigError("ranks= and alphas= apply to module selections; patch the modules first, then the parameters")
         return _patch_parameters(config, selection)
-    if not isinstance(selection, Selection):
+    if not isinstance(selection, Bound):  # a Selection
         raise TargetselError(
             f"patch(config, selection) needs a targetsel Selection, got {type(selection).__name__}; "
             "build one with targetsel.select(model, ...)"
         )
-    from targetsel.bridge.checks import check, enforce
+    from targetsel.bridge.checks import check_resolution, enforce
 
     # Validate everything that can fail on bad input before emitting warnings or building anything.
+    res = _resolution_of(selection)  # evaluated once: the names, the checks and every form read it
     patterns = {}
-    names = selection.names()
+    names = res.names
     for field, base_field, mapping in (("rank_pattern", "r", ranks), ("alpha_pattern", "lora_alpha", alphas)):
         if mapping:
-            patterns[field] = _value_patterns(config, selection, names, field, base_field, mapping)
+            patterns[field] = value_patterns(config, res, names, field, base_field, mapping)
     if getattr(config, "layer_replication", None):
         raise ConfigError(
             f"{type(config).__name__} carries layer_replication={config.layer_replication!r}: PEFT rebuilds the layer "
@@ -77,41 +68,37 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
             "on the replicated model, and patch a config without layer_replication."
         )
     # Empty selections and nested targets are findings too: they raise EmptySelectionError / NestedTargetsError.
-    downgraded = enforce(check(selection.model, selection, config=config), strict=strict, stacklevel=3)
+    downgraded = enforce(check_resolution(res, config), strict=strict, stacklevel=3)
     skipped = {n for f in downgraded if f.code == "modules-to-save-overlap" for n in f.modules}
     expected = [n for n in names if n not in skipped]
     # "auto" tries the shortest exact form first, then the others: PEFT may rewrite targets before
     # matching (its transformers-5 MoE conversion turns a regex into bare leaf names) or refuse a
     # form with another field (a regex beside layers_to_transform), and a form that survives is
     # still exact. An explicit form is taken as asked, or refused.
-    forms = [form] if form != "auto" else ["auto", *(f for f in ("list", "suffixes", "regex") if _form_exists(selection, f))]
+    forms = _Forms(res)
     tried: list[tuple[Any, Any]] = []  # (value, Injection or the ConfigError building the config raised)
     new = None
-    for candidate in forms:
-        try:
-            value = selection.to_peft(candidate, check_peft=False)
-        except SelectionError:
-            continue
+    for value in forms.tries(form):
         if any(value == v for v, _ in tried):
             continue
         changes = dict(patterns)
         if getattr(config, "feedforward_modules", None):  # IA³: which targets scale inputs, kept exact too
-            value, changes["feedforward_modules"] = _feedforward(config, selection, names, value)
+            value, changes["feedforward_modules"] = _feedforward(config, forms, names, value)
         try:
             candidate_config = _new_config(config, target_modules=value, **changes)
         except ConfigError as exc:
             tried.append((value, exc))
             continue
-        outcome = dry_run(selection.model, candidate_config)
+        outcome = dry_run(res.model, candidate_config)
         if _adapts_exactly(config, outcome, expected):
             new = candidate_config
             break
         tried.append((value, outcome))
     if new is None:
-        _raise_no_exact_form(config, selection, names, tried)
-    from targetsel.bridge.audit import remember
+        _raise_no_exact_form(config, res, names, tried)
+    from targetsel.model.resolution import remember
 
-    remember(selection, names)  # so audit() can compare after get_peft_model has rewritten the tree
+    remember(selection.model, selection.memory_key, names)  # so audit() can compare after get_peft_model has rewritten the tree
     return new
 
 
@@ -137,10 +124,10 @@ def _new_parameters(config: Any, outcome) -> bool:
     return any(not any(p == a or p.endswith("." + a) for a in asked) for p in outcome.parameters)
 
 
-def _raise_no_exact_form(config, selection, names: list[str], tried: list) -> None:
+def _raise_no_exact_form(config, res: Resolution, names: list[str], tried: list) -> None:
     """No form is exact: say why, naming the config field, PEFT's rewriting or PEFT's own error."""
     from targetsel.bridge.injection import Injection
-    from targetsel.bridge.peft_rules import advice_for_peft_error
+    from targetsel.bridge.checks.peft_rules import advice_for_peft_error
 
     outcomes = [(v, o) for v, o in tried if isinstance(o, Injection)]
     if not outcomes:
@@ -149,27 +136,53 @@ def _raise_no_exact_form(config, selection, names: list[str], tried: list) -> No
     if all(o.error is not None for _, o in outcomes) and "NoMatchingPeftModuleError" in outcome.error:
         # Nothing left to adapt: a field of the config may have removed every target (older PEFT
         # versions keep none under some layers_to_transform); name it when clearing it helps.
-        _raise_mismatch(config, selection, value, names, [], outcome, only_culprits=True)
+        _raise_mismatch(config, res, value, names, [], outcome, only_culprits=True)
     if all(o.error is not None for _, o in outcomes):
         raise PeftRejectionError(
             f"get_peft_model would raise on every target form targetsel can write for this selection of "
-            f"{type(selection.model).__name__} (e.g. target_modules={short_repr(value)}): {outcome.error.rstrip('.')}. "
+            f"{type(res.model).__name__} (e.g. target_modules={short_repr(value)}): {outcome.error.rstrip('.')}. "
             + advice_for_peft_error(outcome.error, selection=True),
             outcome.error,
         )
     value, outcome = next((v, o) for v, o in outcomes if o.error is None)
-    _raise_mismatch(config, selection, value, names, list(outcome.modules), outcome)
+    _raise_mismatch(config, res, value, names, list(outcome.modules), outcome)
 
 
+class _Forms:
+    """The exact `target_modules` values of one resolution, each form compiled at most once."""
 
-def _form_exists(selection, form: str) -> bool:
-    from targetsel.errors import SelectionError
+    KINDS = ("list", "suffixes", "regex")
 
-    try:
-        selection.to_peft(form, check_peft=False)
-    except SelectionError:
-        return False
-    return True
+    def __init__(self, res: Resolution):
+        self.res = res
+        self._values: dict[str, Any] = {}
+
+    def get(self, kind: str):
+        """The exact value of this form, or None when the form cannot be exact here."""
+        from targetsel.views.targets import candidate_forms
+
+        if kind not in self._values:
+            try:
+                self._values[kind] = candidate_forms(self.res, kind)[0]
+            except SelectionError:
+                self._values[kind] = None
+        return self._values[kind]
+
+    def tries(self, form: str) -> list:
+        """The values patch() tries, in order: for "auto" the shortest first, then each exact form."""
+        from targetsel.views.targets import shortest
+
+        if form != "auto":
+            value = self.get(form)
+            return [] if value is None else [value]
+        exact = [v for v in map(self.get, self.KINDS) if v is not None]
+        return [shortest(exact), *exact] if exact else []
+
+    def kept_by_peft(self, kind: str):
+        """The value of this form, or `ConfigError` when PEFT rewrites it on this model (`to_peft(kind)`)."""
+        from targetsel.bridge.forms import kept_by_peft
+
+        return kept_by_peft(self.res, [self.get(kind)], kind)[0]
 
 
 def _is_feedforward(feedforward, name: str) -> bool:
@@ -180,7 +193,7 @@ def _is_feedforward(feedforward, name: str) -> bool:
     return IA3Model._check_target_module_feedforward(probe, name)
 
 
-def _feedforward(config, selection, names: list[str], value):
+def _feedforward(config, forms: _Forms, names: list[str], value):
     """(target_modules, feedforward_modules) such that IA³ marks exactly the same selected modules
     feedforward as the config's own `feedforward_modules` does, and PEFT's subset check holds."""
     from targetsel.text.names_regex import names_regex
@@ -195,15 +208,11 @@ def _feedforward(config, selection, names: list[str], value):
     chosen = set(wanted)
     if not isinstance(value, str):
         # A list of targets: PEFT requires feedforward_modules ⊆ target_modules, so both are full names.
-        full = selection.to_peft("list") if _list_is_exact(selection) else None
+        full = forms.kept_by_peft("list") if forms.get("list") is not None else None
         if full is not None and all(_is_feedforward(wanted, n) == (n in chosen) for n in names):
             return full, list(wanted)
     pattern = "^" + names_regex(wanted) + "$"
-    return (value if isinstance(value, str) else selection.to_peft("regex")), pattern
-
-
-def _list_is_exact(selection) -> bool:
-    return _form_exists(selection, "list")
+    return (value if isinstance(value, str) else forms.kept_by_peft("regex")), pattern
 
 
 def _patch_parameters(config: Any, psel):
@@ -260,77 +269,7 @@ def _fix_for_parameter_error(error: str) -> str:
     return "Change the parameter selection or the config so that PEFT accepts it."
 
 
-def _value_patterns(config, selection, names: list[str], field: str, base_field: str, mapping) -> dict:
-    """`rank_pattern`/`alpha_pattern` keys giving each selected module exactly its intended value."""
-    from peft.utils.other import get_pattern_key
-
-    from targetsel.text.grouping import summarize_names
-    from targetsel.text.names_regex import names_regex
-    from targetsel.selection import Selection
-
-    what = "ranks" if field == "rank_pattern" else "alphas"
-    if str(getattr(config.peft_type, "value", config.peft_type)) == "ADALORA":
-        raise ConfigError(
-            f"AdaLoraConfig does not take {what}=: AdaLoRA starts every module at init_r and allocates ranks itself "
-            f"during training (its rank_pattern is that allocation's output, and save_pretrained fails on a "
-            f"hand-written one). Set init_r / target_r on the config, or use LoraConfig for per-module ranks."
-        )
-    if not hasattr(config, field):
-        raise ConfigError(f"{type(config).__name__} has no {field}: {what}= works with LoRA-family configs")
-    if getattr(config, field, None):
-        raise ConfigError(
-            f"{type(config).__name__} already carries {field}={getattr(config, field)!r}; pass {what}= on a config "
-            f"without {field} so targetsel can make every key exact"
-        )
-    if not isinstance(mapping, dict):
-        raise ConfigError(f"{what}= maps sub-selections (Selection or query string) to values, got {type(mapping).__name__}")
-    default = getattr(config, base_field, None)
-    intended: dict[str, object] = {}
-    chosen = set(names)
-    for key, val in mapping.items():
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or val <= 0 or (what == "ranks" and not isinstance(val, int)):
-            raise ConfigError(f"{what}[{_label(key)}] = {val!r}: expected a positive {'integer' if what == 'ranks' else 'number'}")
-        sub = selection.where(key) if isinstance(key, (str, Selection)) else None
-        if sub is None:
-            raise ConfigError(f"{what}= keys are Selections or query strings, got {type(key).__name__} {key!r}")
-        hit = [n for n in sub.names() if n in chosen]
-        if not hit:
-            raise ConfigError(f"{what}[{_label(key)}] selects none of the {len(names)} selected modules; it would have no effect")
-        for n in hit:
-            if n in intended and intended[n] != val:
-                raise ConfigError(
-                    f"{what}: {n!r} is in two sub-selections with different values ({intended[n]!r} and {val!r}); "
-                    "make the sub-selections disjoint"
-                )
-            intended[n] = val
-    groups: dict[object, list[str]] = {}
-    for n in names:  # model order, so the keys read in order
-        if n in intended and intended[n] != default:
-            groups.setdefault(intended[n], []).append(n)
-    pattern = {}
-    for val, group in groups.items():
-        key = names_regex(group)
-        others = [n for n in names if n not in set(group)]
-        # PEFT looks keys up with re.match(rf"(.*\.)?({key})$", name): a suffix of another name can
-        # match too; anchoring with ^ inside the group makes the key a full-name match.
-        if any(get_pattern_key([key], n) == key for n in others):
-            key = "^" + key
-        pattern[key] = val
-    keys = list(pattern)
-    wrong = [
-        n for n in names
-        if pattern.get(get_pattern_key(keys, n), default) != intended.get(n, default)
-    ]
-    if wrong:  # pragma: no cover - the anchored keys are exact by construction
-        raise TargetselError(f"internal error: {field} is not exact for {summarize_names(wrong)}; please report it")
-    return pattern
-
-
-def _label(key) -> str:
-    return repr(key) if isinstance(key, str) else repr(getattr(key, "query", key))
-
-
-def _raise_mismatch(config, selection, value, names: list[str], got: list[str], outcome=None,
+def _raise_mismatch(config, res: Resolution, value, names: list[str], got: list[str], outcome=None,
                     only_culprits: bool = False) -> None:
     from targetsel.bridge.verify import dry_run
 
@@ -338,22 +277,19 @@ def _raise_mismatch(config, selection, value, names: list[str], got: list[str], 
     lost = [n for n in names if n not in seen]
     extra = [n for n in got if n not in wanted]
     culprits = []
-    for group in MATCH_CHANGING_FIELDS:
-        present = [f for f in group if getattr(config, f, None) not in (None, [], "", set(), False, {})]
-        if not present:
-            continue
+    for present in set_fields(config):
         try:
-            cleared = _new_config(config, target_modules=value, **{f: (False if f == "ensure_weight_tying" else None) for f in present})
+            cleared = without(config, present, target_modules=value)
         except ConfigError:
             continue
-        again = dry_run(selection.model, cleared)
+        again = dry_run(res.model, cleared)
         failed_before = outcome is not None and outcome.error is not None
         if (again.error is not None) != failed_before or (again.error is None and list(again.modules) != got):
             culprits.extend(present)  # clearing the field changes what PEFT does
     if not culprits and only_culprits:
         return
     if not culprits:
-        _raise_if_peft_rewrites(config, selection, value, lost, extra)
+        _raise_if_peft_rewrites(config, res, value, lost, extra)
     fields = ", ".join(f"{f}={getattr(config, f)!r}" for f in culprits) or "a field of the config"
     detail = _mismatch_detail(lost, extra)
     raise ConfigError(
@@ -374,19 +310,19 @@ def _mismatch_detail(lost: list[str], extra: list[str]) -> list[str]:
     return detail
 
 
-def _raise_if_peft_rewrites(config, selection, value, lost: list[str], extra: list[str]) -> None:
+def _raise_if_peft_rewrites(config, res: Resolution, value, lost: list[str], extra: list[str]) -> None:
     """PEFT rewrites the targets itself before matching (transformers-5 MoE conversion): say so."""
     from targetsel.bridge.verify import prepare_config
 
     try:
-        prepared = prepare_config(selection.model, _new_config(config, target_modules=value))
+        prepared = prepare_config(res.model, _new_config(config, target_modules=value))
     except Exception:  # the explanation is best effort; the caller raises in any case
         return
     after = prepared.target_modules
     before = value if isinstance(value, str) else set(value)
     if after == before or (not isinstance(after, str) and not isinstance(before, str) and set(after) == set(before)):
         return
-    model_type = getattr(getattr(selection.model, "config", None), "model_type", "?")
+    model_type = getattr(getattr(res.model, "config", None), "model_type", "?")
     shown = after if isinstance(after, str) else sorted(after)[:6]
     params = sorted(getattr(prepared, "target_parameters", None) or [])
     detail = _mismatch_detail(lost, extra)

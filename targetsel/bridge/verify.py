@@ -329,7 +329,7 @@ def _has_nested(index, positions) -> bool:
 def _rejected(model, cfg, index, positions: list[int]) -> tuple[Optional[str], dict]:
     """What inject_adapter raises for these targets, in model order (the Mamba guard, then the
     dispatch), and PEFT's answer for each targeted class."""
-    from targetsel.bridge.checks import probe
+    from targetsel.bridge.probe import probe
 
     try:
         from peft.tuners.tuners_utils import _check_lora_target_modules_mamba
@@ -345,7 +345,7 @@ def _rejected(model, cfg, index, positions: list[int]) -> tuple[Optional[str], d
         module = index.modules[i]
         cls = type(module)
         if cls not in probes:
-            probes[cls] = probe(module, cfg)
+            probes[cls] = probe(module, cfg, model)
         if not probes[cls].supported:
             return f"ValueError: Target module {cls.__name__} is not supported. {probes[cls].reason}", probes
     return None, probes
@@ -365,9 +365,7 @@ def _modules_to_save_wrapped(config, index, targeted: list[int], probes: dict) -
         internals = probes[type(index.modules[i])].internals
         if internals is None or any(f"{index.names[i]}.{n}".endswith(suffixes) for n in internals):
             return None
-    from targetsel.bridge.checks import _aliases
-
-    if _aliases(index):
+    if index.aliases():
         return None  # _set_trainable walks named_modules(remove_duplicate=False)
     names = index.names
     wrapped = [i for i in range(1, len(names)) if names[i].endswith(suffixes)]
@@ -383,3 +381,20 @@ def _has_tuner_layers(index) -> bool:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return any(isinstance(m, BaseTunerLayer) for m in index.modules)
+
+
+def verify_parameters(model, config) -> list[str]:
+    """The parameter keys the installed PEFT will target with `config.target_parameters`, model order.
+
+    PEFT matches them inline in `_inject_parameters` (no function to call), so this is that rule:
+    each module's own parameters, key `module_name.param_name`, exact or dotted-suffix match.
+    """
+    from targetsel.model.index import get_index
+    from targetsel.views.parameters import parameter_keys
+    from targetsel.views.targets import list_matches
+
+    targets = list(getattr(config, "target_parameters", None) or [])
+    if not targets:
+        return []
+    keys = [key for _, _, key in parameter_keys(get_index(model))]
+    return [k for k, m in zip(keys, list_matches(targets, keys)) if m]

@@ -10,15 +10,15 @@ traceback). Errors go to stderr, with the caret under the query column for synta
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import threading
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
+from targetsel.cli.files import config_json, is_adapter_argument, read_peft_config as _read_peft_config  # noqa: F401
+from targetsel.cli.options import add_model_options, prepare_model
+from targetsel.cli.terminal import dump as _dump, out as _out, progress as _progress
 from targetsel.errors import TargetselError, TargetselWarning
 
 DEMO_QUERY = "linear & trainable"
@@ -31,11 +31,14 @@ examples:
   targetsel show Qwen/Qwen2-VL-2B-Instruct "linear & !component:vision" --rank 16
   targetsel check demo "linear"                        findings: frozen tower, PLoRA subclasses
   targetsel check demo adapter_config.json             what that PEFT config would do
+  targetsel show demo ./my-adapter                     what a saved adapter targets, grouped, with the findings
+  targetsel check ./llava-dir adapter_config.json --freeze under:vision_tower
+                                                       check as trained: the tower frozen first
   targetsel patch adapter_config.json --model demo --query "linear & trainable" -o patched.json
 
 MODEL is `demo`, a local model directory or config.json (built on the meta device as the class
 its `architectures` names: no weights are loaded), a Hugging Face hub id (config only), or
-package.module:factory. Exit codes: 0 ok, 1 errors found by check/patch, 2 usage or bad input,
+package.module:factory; --trust-remote-code builds a model that ships its own code. Exit codes: 0 ok, 1 errors found by check/patch, 2 usage or bad input,
 3 internal error (a bug: please report it).
 """
 
@@ -75,11 +78,12 @@ def _parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="show a selection, grouped", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     show.add_argument("model", metavar="MODEL")
-    show.add_argument("query", metavar="QUERY", nargs="?", default="all", help="a selector query (default: all)")
+    show.add_argument("query", metavar="QUERY_OR_CONFIG", nargs="?", default="all",
+                      help="a selector query (default: all), or an adapter_config.json (file or directory)")
     show.add_argument("--format", choices=("table", "list", "regex", "json", "yaml"), default="table")
     show.add_argument("--rank", "-r", type=_positive_int, default=None, help="also count the LoRA parameters at this rank")
     show.add_argument("--hint", action="store_true", help=argparse.SUPPRESS)
-    _model_options(show)
+    add_model_options(show)
     show.set_defaults(run=_show)
 
     check = sub.add_parser("check", help="preflight findings for a query or a PEFT adapter config", epilog=EPILOG,
@@ -87,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("model", metavar="MODEL")
     check.add_argument("target", metavar="QUERY_OR_CONFIG", help="a query, or an adapter_config.json (file or directory)")
     check.add_argument("--format", choices=("text", "json"), default="text")
-    _model_options(check)
+    add_model_options(check)
     check.set_defaults(run=_check)
 
     patch = sub.add_parser("patch", help="write a PEFT adapter config that targets exactly a query", epilog=EPILOG,
@@ -99,14 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     patch.add_argument("--form", choices=("auto", "list", "suffixes", "regex"), default="auto")
     patch.add_argument("--no-strict", dest="strict", action="store_false",
                        help="accept modules_to_save overlaps with a warning instead of failing")
-    _model_options(patch)
+    add_model_options(patch)
     patch.set_defaults(run=_patch)
+
+    from targetsel.cli import check_adapter_cmd
+
+    check_adapter_cmd.register(sub)
+    from targetsel.cli import export_cmd
+
+    export_cmd.register(sub)
     return parser
-
-
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-class", metavar="CLASS", default=None,
-                   help="the transformers class to build (default: the config's architectures, then AutoModelForCausalLM)")
 
 
 def _positive_int(text: str) -> int:
@@ -123,14 +129,19 @@ def _positive_int(text: str) -> int:
 
 
 def _show(ns) -> int:
+    model = prepare_model(ns)  # first: a bad MODEL fails before torch is imported
     from targetsel.selection import select
 
-    model = _load(ns.model, ns.model_class)
+    if is_adapter_argument(ns.query):
+        from targetsel.cli.adapter_view import show_adapter
+
+        return show_adapter(model, ns.query, ns.format, ns.rank, ns.model)
     with _progress("selecting"):
         sel = select(model, ns.query)
         names = sel.names()
     if ns.format == "list":
-        _out("\n".join(names))
+        if names:  # nothing selected prints nothing, not one empty name
+            _out("\n".join(names))
     elif ns.format == "regex":
         if not names:
             raise _empty(sel)
@@ -161,13 +172,10 @@ def _demo_findings(model, sel) -> None:
 
 
 def _check(ns) -> int:
+    model = prepare_model(ns)  # first: a bad MODEL fails before peft is imported
     from targetsel.bridge.checks import check
 
-    model = _load(ns.model, ns.model_class)
-    target: Any = ns.target
-    path = Path(ns.target)
-    if ns.target.endswith(".json") or path.is_dir():
-        target = _read_peft_config(ns.target)
+    target = _read_peft_config(ns.target) if is_adapter_argument(ns.target) else ns.target
     with _progress("checking"):
         findings = check(model, target)
     errors = sum(f.severity == "error" for f in findings)
@@ -188,7 +196,7 @@ def _patch(ns) -> int:
     from targetsel.selection import select
 
     config = _read_peft_config(ns.config)
-    model = _load(ns.model, ns.model_class)
+    model = prepare_model(ns)
     with _progress("patching"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TargetselWarning)
         try:
@@ -216,65 +224,17 @@ def _patch(ns) -> int:
 # ---------------------------------------------------------------------------- helpers
 
 
-def config_json(config) -> str:
-    """The adapter_config.json text PEFT's `save_pretrained` writes for this config."""
-    data = config.to_dict()
-    for key, value in data.items():
-        if isinstance(value, set):
-            data[key] = sorted(value)
-    return json.dumps(data, indent=2, sort_keys=True, default=str)
-
-
-def _read_peft_config(spec: str):
-    from targetsel.errors import ConfigError
-
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "adapter_config.json"
-    if not path.is_file():
-        raise ConfigError(f"no adapter config at {str(path)!r}; pass an adapter_config.json file or its directory")
-    from targetsel.cli.loading import read_json
-
-    data = read_json(path, ConfigError)
-    if not isinstance(data, dict) or "peft_type" not in data:
-        raise ConfigError(f"{str(path)!r} is not a PEFT adapter config: it has no 'peft_type' (e.g. \"LORA\")")
-    from peft import PeftConfig
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    if data["peft_type"] not in PEFT_TYPE_TO_CONFIG_MAPPING:
-        raise ConfigError(
-            f"{str(path)!r}: unknown peft_type {data['peft_type']!r}; the installed peft knows "
-            + ", ".join(sorted(str(k.value if hasattr(k, "value") else k) for k in PEFT_TYPE_TO_CONFIG_MAPPING))
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return PeftConfig.from_peft_type(**data)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{str(path)!r}: peft rejects this config: {exc}") from None
-
-
-def _load(spec: str, model_class: Optional[str]):
-    from targetsel.model.index import get_index
-    from targetsel.cli.loading import load_model
-
-    with _progress(f"building {spec}"):
-        model = load_model(spec, model_class)
-        get_index(model)
-    return model
-
-
 def _show_data(model_spec: str, sel, names: list[str], rank: Optional[int]) -> dict:
-    from targetsel.text.grouping import group_names
+    from targetsel.views.display import summary_rows
 
-    index = sel._index()
+    res = sel.resolution()
     data = {
         "model": model_spec,
-        "model_class": type(sel.model).__name__,
-        "modules_in_model": index.size - 1,
+        "model_class": res.model_class,
+        "modules_in_model": res.module_count,
         "query": sel.query,
         "count": len(names),
-        "groups": [{"pattern": g.pattern, "count": len(g.names)} for g in group_names(names)],
+        "groups": summary_rows(res),  # the table's rows: pattern, count, class, shape, grad_state, params
         "names": names,
         "target_modules": sel.to_peft("auto") if names else None,
     }
@@ -284,14 +244,6 @@ def _show_data(model_spec: str, sel, names: list[str], rank: Optional[int]) -> d
     return data
 
 
-def _dump(data: Any, fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(data, indent=2, sort_keys=True)
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=True, allow_unicode=True).rstrip("\n")
-
-
 def _out_table(sel, rank: Optional[int]) -> None:
     from targetsel.views import display
 
@@ -299,20 +251,16 @@ def _out_table(sel, rank: Optional[int]) -> None:
     if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
         from rich.console import Console
 
-        Console().print(display.render_rich(sel, r=r))
+        Console().print(display.render_rich(sel.resolution(), r=r))
     else:
-        _out(display.render_text(sel, r=r))
+        _out(display.render_text(sel.resolution(), r=r))
 
 
 def _empty(sel) -> TargetselError:
     from targetsel.views.diagnose import explain_empty
     from targetsel.errors import EmptySelectionError
 
-    return EmptySelectionError(explain_empty(sel))
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    return EmptySelectionError(explain_empty(sel.resolution()))
 
 
 def _error(exc: BaseException) -> None:
@@ -329,35 +277,6 @@ def _internal_error(exc: BaseException) -> None:
         "This is a bug: please report it with the command line you ran.",
         file=sys.stderr,
     )
-
-
-@contextmanager
-def _progress(what: str):
-    """A spinner on stderr when the work takes more than a second and stderr is a terminal."""
-    if not sys.stderr.isatty():
-        yield
-        return
-    done = threading.Event()
-
-    def spin():
-        if done.wait(1.0):
-            return
-        frames = "|/-\\"
-        i = 0
-        while not done.wait(0.1):
-            sys.stderr.write(f"\r{frames[i % 4]} {what}…")
-            sys.stderr.flush()
-            i += 1
-        sys.stderr.write("\r" + " " * (len(what) + 4) + "\r")
-        sys.stderr.flush()
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,10 +12,14 @@ from typing import Callable
 import torch
 
 from targetsel.query import nodes as N
-from targetsel.errors import TargetselError, UnknownNameError, did_you_mean
-from targetsel.model.index import QUANTIZED_LINEAR_NAMES, ModelIndex, callers_threads, single_threaded
-from targetsel.query.globs import compile_glob, glob_literal
-from targetsel.query.patterns import search_names
+from targetsel.errors import TargetselError, UnknownNameError
+from targetsel.model.classes import class_matches, linear_mask
+from targetsel.model.index import ModelIndex
+from targetsel.model.quantized import quantized_mask
+from targetsel.model.threads import callers_threads, single_threaded
+from targetsel.model.matches import named_like, pattern_mask, under_mask
+from targetsel.model.matches import under_roots as under_roots
+from targetsel.text.suggest import closest, suggest
 
 
 class EvalContext:
@@ -42,47 +46,6 @@ def _from_indices(index: ModelIndex, kept: list[int]) -> torch.Tensor:
     return mask
 
 
-# ---------------------------------------------------------------------------- class predicates
-
-
-def class_matches(cls: type, name: str, exact: bool) -> bool:
-    """Does `cls` (exact) or a class in its MRO carry `name` (short name or dotted module.QualName)?"""
-    candidates = (cls,) if exact else cls.__mro__
-    for c in candidates:
-        if c.__name__ == name or f"{c.__module__}.{c.__qualname__}" == name:
-            return True
-    return False
-
-
-def is_linear_class(cls: type) -> bool:
-    """The layer family PEFT's "all-linear" means, plus quantized linears PEFT wraps."""
-    for c in cls.__mro__:
-        if c is torch.nn.Linear:
-            return True
-        if c.__name__ == "Conv1D" and c.__module__.startswith("transformers"):
-            return True
-        if c.__name__ in QUANTIZED_LINEAR_NAMES:
-            return True
-    return False
-
-
-def linear_mask(index: ModelIndex) -> torch.Tensor:
-    cached = index._cached.get("linear")
-    if cached is None:
-        mask = index.class_mask(is_linear_class)
-        # Adapter internals (lora_A, …) are never candidates, as in PEFT's all-linear expansion.
-        tuner = index.class_mask(lambda c: any(b.__name__ == "BaseTunerLayer" for b in c.__mro__))
-        if bool(tuner.any()):
-            mask = mask & ~index.ancestors_mask(tuner)
-        head = index.output_head_position()
-        if head is not None:
-            mask = mask.clone()
-            mask[head] = False
-        mask[0] = False
-        cached = index._cached["linear"] = mask
-    return cached
-
-
 # ---------------------------------------------------------------------------- binding checks
 
 
@@ -90,28 +53,23 @@ def check_against_model(node, index: ModelIndex) -> None:
     """Names a selector refers to (types, `under:` prefixes) must exist in this model."""
     for n in N.walk(node):
         if isinstance(n, N.TypeIs):
-            if not bool(index.class_mask(lambda c, n=n: class_matches(c, n.name, n.exact)).any()):
+            if not any(class_matches(c, n.name, n.exact) for c in index.classes):  # every class listed is present
                 present = index.class_names()
-                hint = did_you_mean(n.name, present, "(classes in this model)")
+                hint = suggest(n.name, present, what="(classes in this model)")
                 raise UnknownNameError(
                     f"no module of {_model_label(index)} is {'exactly ' if n.exact else ''}a {n.name!r}"
                     + (f"; {hint}" if hint else f"; classes present: {', '.join(sorted(present)[:12])}")
                 )
         elif isinstance(n, N.Under) and n.prefix is not None:
             if not under_roots(index, n.prefix):
-                from targetsel.errors import closest
-
-                near = closest(n.prefix, [nm for nm in index.names if nm], n=3)
+                hint = suggest(n.prefix, [nm for nm in index.names if nm], show=repr)
                 raise UnknownNameError(
                     f"under({n.prefix!r}): {_model_label(index)} has no module named {n.prefix!r} "
-                    "(full name or dotted suffix)"
-                    + (f"; did you mean {', '.join(repr(c) for c in near)}?" if near else "")
+                    "(full name or dotted suffix)" + (f"; {hint}" if hint else "")
                 )
         elif isinstance(n, N.Layers) and n.within is not None:
             containers = sorted({index.names[c] for c in index.block_info()[0] if c >= 0})
             if not any(c == n.within or c.endswith("." + n.within) for c in containers):
-                from targetsel.errors import closest
-
                 near = closest(n.within, containers, n=3) or containers[:5]
                 raise UnknownNameError(
                     f"layers(within={n.within!r}): {_model_label(index)} has no block container named {n.within!r} "
@@ -122,12 +80,6 @@ def check_against_model(node, index: ModelIndex) -> None:
 def _model_label(index: ModelIndex) -> str:
     model = index.model_ref()
     return f"{type(model).__name__} ({index.size - 1} modules)"
-
-
-def under_roots(index: ModelIndex, prefix: str) -> list[int]:
-    """Modules whose full name is `prefix` or ends with '.' + prefix (PEFT's suffix rule)."""
-    dotted = "." + prefix
-    return [i for i, name in enumerate(index.names) if i and (name == prefix or name.endswith(dotted))]
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -149,6 +101,8 @@ def _flag(node: N.Flag, ctx: EvalContext, domain):
         return domain
     if kind == "linear":
         return domain & linear_mask(index)
+    if kind == "quantized":
+        return domain & quantized_mask(index)
     if kind == "leaf":
         return domain & index.leaf_mask()
     if kind == "outermost":
@@ -165,41 +119,32 @@ def _flag(node: N.Flag, ctx: EvalContext, domain):
 
 
 def _type(node: N.TypeIs, ctx, domain):
-    return domain & ctx.index.class_mask(lambda c: class_matches(c, node.name, node.exact))
+    index = ctx.index
+    key = ("type", node.name, node.exact)
+    return domain & index.memo(key, lambda: index.class_mask(lambda c: class_matches(c, node.name, node.exact)))
 
 
 def _name(node: N.NameRegex, ctx, domain):
-    index = ctx.index
-    return _from_indices(index, search_names(node.pattern, index.names, _indices(domain)))
+    return pattern_mask(ctx.index, "regex", node.pattern, domain)  # remembered per index (model/matches.py)
 
 
 def _glob(node: N.Glob, ctx, domain):
-    index = ctx.index
-    full = compile_glob(node.pattern).fullmatch
-    names = index.names
-    literal = glob_literal(node.pattern)  # '' for globs without one: `'' in name` always holds
-    return _from_indices(index, [i for i in _indices(domain) if literal in names[i] and full(names[i])])
+    return pattern_mask(ctx.index, "glob", node.pattern, domain)
 
 
 def _under(node: N.Under, ctx, domain):
     index = ctx.index
     if node.prefix is not None:
-        roots = torch.zeros(index.size, dtype=torch.bool)
-        for i in under_roots(index, node.prefix):
-            roots[i] = True
-    else:
-        roots = evaluate(node.of, ctx, index.universe())
-    return domain & index.ancestors_mask(roots)
+        return domain & under_mask(index, node.prefix)
+    return domain & index.ancestors_mask(evaluate(node.of, ctx, index.universe()))
 
 
 def _layers(node: N.Layers, ctx, domain):
     index = ctx.index
-    container, block, length = _block_tensors(index)
+    container, block, length = index.blocks
     inside = container >= 0
     if node.within is not None:
-        dotted = "." + node.within
-        allowed = [i for i, name in enumerate(index.names) if name == node.within or name.endswith(dotted)]
-        inside &= torch.isin(container, torch.tensor(allowed, dtype=torch.long))
+        inside &= torch.isin(container, torch.tensor(named_like(index, node.within), dtype=torch.long))
     # Each range's ends resolved per module against its own container's length (negative = from the end).
     hit = torch.zeros(index.size, dtype=torch.bool)
     for start, stop in node.ranges:
@@ -207,11 +152,6 @@ def _layers(node: N.Layers, ctx, domain):
         hi = length - 1 if stop is None else (length + stop if stop < 0 else torch.full_like(block, stop))
         hit |= (block >= lo) & (block <= hi)
     return domain & inside & hit
-
-
-def _block_tensors(index: ModelIndex):
-    index.block_info()  # computes and caches the tensors too
-    return index._cached["block_tensors"]
 
 
 def _component(node: N.Component, ctx, domain):
@@ -294,6 +234,12 @@ _HANDLERS = {
     N.Diff: _diff,
     N.Where: _where,
 }
+
+
+@single_threaded
+def mask_positions(mask: torch.Tensor) -> list[int]:
+    """The selected positions, in order (torch's thread pool costs a busy machine more than it saves here)."""
+    return _indices(mask)
 
 
 @single_threaded

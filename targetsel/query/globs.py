@@ -7,11 +7,14 @@ it requires (`glob_literal`) lets evaluation skip most names before any regex ru
 from __future__ import annotations
 
 import functools
+import math
 
 import regex
 
 from targetsel.errors import PatternError
+from targetsel.query.name_table import NameTable, compile_line_regex, match
 from targetsel.query.patterns import MAX_PATTERN_NESTING, _lone_surrogate, describe
+from targetsel.query.regex_shape import shape
 
 #: The largest number a glob's `{A..B}` range may hold (what fits a signed 64-bit integer).
 MAX_GLOB_NUMBER = 2**63 - 1
@@ -170,6 +173,32 @@ def compile_glob(pattern: str) -> "regex.Pattern[str]":
     return regex.compile(glob_to_regex(pattern))
 
 
+def glob_names(pattern: str, names: list[str], indices: list[int], table: "NameTable | None" = None) -> list[int]:
+    """The indices (of `names`) whose full name the glob matches.
+
+    With `table` (the same names joined once, `NameTable(names)`), the glob's regex is read like a
+    user regex (query/regex_shape.py): literal globs are answered by string tests alone, the others
+    by one scan over the names their literal text leaves. A translated glob cannot backtrack
+    without bound on its own, so it runs without the user-regex time budget, as it always has.
+    """
+    bulk = _glob_bulk(pattern)
+    if bulk is not None and indices:
+        table = table if table is not None else NameTable(names)
+        if table.newline_free:
+            return match(table, indices, *bulk, math.inf)
+    full = compile_glob(pattern).fullmatch
+    literal = glob_literal(pattern)  # '' for globs without one: `'' in name` always holds
+    return [i for i in indices if literal in names[i] and full(names[i])]
+
+
+@functools.lru_cache(maxsize=512)
+def _glob_bulk(pattern: str):
+    # A full match is a search anchored at both ends, for names without a newline.
+    found = shape("^(?:" + glob_to_regex(pattern) + ")$")
+    line_regex = compile_line_regex(found) if found is not None else None
+    return (found, line_regex) if line_regex is not None else None
+
+
 @functools.lru_cache(maxsize=512)
 def glob_literal(pattern: str) -> str:
     """The longest run of plain characters every name the glob matches must contain ('' if none).
@@ -177,16 +206,21 @@ def glob_literal(pattern: str) -> str:
     A substring test costs a tenth of a regex call, so globs scan 60k names by this first and run
     the regex only on the names that contain it (`**.experts.*.down_proj` → `down_proj`).
     """
-    runs, depth, current = [], 0, []
-    for c in pattern:
-        if c in "{[":
-            depth += 1
-        if depth or c in "*?.}]":
+    runs, depth, current, i = [], 0, [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "[":  # a class runs to the first ']', as the translation reads it: `[!}3]` holds no literal
+            end = pattern.find("]", i + 1)
+            i = len(pattern) if end < 0 else end + 1
+            runs.append("".join(current))
+            current = []
+            continue
+        depth += {"{": 1, "}": -1}.get(c, 0)
+        if depth or c in "*?.}":
             runs.append("".join(current))
             current = []
         else:
             current.append(c)
-        if c in "}]":
-            depth -= 1
+        i += 1
     runs.append("".join(current))
     return max(runs, key=len)

@@ -4,20 +4,15 @@ The fluent chain, the `& | - ~` operators and the query parser all build these n
 same smart constructors (`and_`, `or_`, `not_`, `diff`), so the three spellings of a selection
 give equal selectors and print the same canonical string.
 
+Each node checks its fields once, as it is built — with the checks of `fields.py`, which raise
+the `TargetselError` subclass that names the problem — and its limits (`tree.py`). Calling a
+class raises that error itself (`_TargetselErrors`); `Selector.model_validate` keeps pydantic's
+contract, a ValidationError that locates each problem in the structure. Printing is `printing.py`.
+
 `outermost` is the one atom that is not a per-module predicate: it keeps, of what the rest of its
 `&` group selects, the modules with no selected ancestor. That is why an `&` group holding
 `outermost` is never flattened into an enclosing `&` (`(a & outermost) & b` differs from
 `a & b & outermost`), and why such a group prints in parentheses.
-
-A selector nests at most `MAX_DEPTH` levels — each `!`, `-`, `&`/`|` group and `under:(…)` below
-another is one — and holds at most `MAX_NODES` nodes. Both are checked whenever a node is built
-(by the fluent chain, the parser or `Selector.model_validate`), so every selector that exists
-prints, parses back, pickles, evaluates and round-trips through JSON. Past the limit something
-gives up, far from where the selector was written: for nested `&`/`|`, pydantic's JSON writer at
-127 levels, pickle near 165 and the printer near 250 (RecursionError, less when the caller's
-stack is deep); pydantic's JSON reader already at 100, which `Selector.model_validate_json` works
-around. Chains `a - b - c` nest one level per `-` (the tree is left-deep, as the grammar says), so
-the advice for a long one is `a - (b | c | …)`, which is flat.
 """
 
 from __future__ import annotations
@@ -26,31 +21,34 @@ import functools
 import json
 from typing import Annotated, Any, Callable, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, RootModel, ValidationError, ValidatorFunctionWrapHandler,
+                      field_validator, model_validator)
 
-from targetsel.errors import NotSerialisableError, PatternError, SpecError, TargetselError
-from targetsel.query.patterns import LONE_SURROGATE
+from targetsel.errors import NotSerialisableError, SpecError, TargetselError
+from targetsel.query.fields import (COMPONENTS, FLAG_KINDS, check_component, check_glob, check_regex, check_text,
+                                    check_type_name, check_under_prefix, check_within, normalise_regex)
+from targetsel.query.layerspec import check_ranges
+from targetsel.query.printing import SAFE_VALUE_CHARS, quote_regex, quote_value, to_query
+from targetsel.query.tree import (DEPTH_ADVICE, MAX_DATA_DEPTH, MAX_DEPTH, MAX_NODES, callable_labels, check_depth,
+                                  children, data_depth, has_callable, measure, walk)
 
-#: The deepest a selector may nest (compound nodes on one path: `!`, `-`, `&`, `|`, `under:(…)`).
-MAX_DEPTH = 100
-
-#: The most nodes a selector may hold, counted as printed (a query of 100,000 atoms is ~1 MB of text).
-MAX_NODES = 100_000
-
-FLAG_KINDS = ("all", "trainable", "frozen", "mixed", "linear", "leaf", "outermost")
-COMPONENTS = ("vision", "audio", "language", "projector", "head")
-
-# Values printed without quotes; anything else is written "…" with \" and \\ escapes.
-SAFE_VALUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.*?{},[]")
+__all__ = [  # the node classes and constructors, and what other modules reach through `N.` (defined beside)
+    "ALL", "And", "COMPONENTS", "Component", "DEPTH_ADVICE", "Diff", "FLAG_KINDS", "Flag", "Glob", "Layers",
+    "MAX_DATA_DEPTH", "MAX_DEPTH", "MAX_NODES", "NameRegex", "Node", "Not", "Or", "SAFE_VALUE_CHARS", "Selector",
+    "TypeIs", "Under", "Where", "and_", "callable_labels", "check_depth", "check_text", "check_type_name",
+    "children", "data_depth", "diff", "has_callable", "measure", "normalise_regex", "not_", "or_", "quote_regex",
+    "quote_value", "to_query", "walk",
+]
 
 
 class _TargetselErrors(type(BaseModel)):  # type: ignore[misc]
     """`Node(...)` raises the TargetselError a validator raised, never pydantic's ValidationError.
 
-    The fluent chain and the parser build nodes by calling the class; `model_validate` keeps
-    pydantic's contract (a ValidationError that locates each problem in the structure). A
-    metaclass rather than `__init__`, because pydantic calls an overridden `__init__` for every
-    nested node it validates, which would turn `model_validate`'s errors into ours too.
+    The one point where a node's typed error leaves pydantic. The fluent chain and the parser build
+    nodes by calling the class; `model_validate` keeps pydantic's contract (a ValidationError that
+    locates each problem in the structure). A metaclass rather than `__init__`, because pydantic
+    calls an overridden `__init__` for every nested node it validates, which would turn
+    `model_validate`'s errors into ours too.
     """
 
     def __call__(cls, *args: Any, **kwargs: Any):
@@ -65,12 +63,12 @@ class _Node(BaseModel, metaclass=_TargetselErrors):
 
     def model_post_init(self, context: Any, /) -> None:
         # Once per node built (a model validator would also run for every node passed in as a part).
-        if type(self) not in _ATOMS and children(self):
+        if children(self):
             check_depth(self)
 
     @functools.cached_property
     def shape(self) -> tuple[int, int]:
-        """(nesting depth, size) — see `measure`; kept so that a parent measures in O(children)."""
+        """(nesting depth, size) — see `tree.measure`; kept so that a parent measures in O(children)."""
         return measure(self)
 
     @property
@@ -92,11 +90,30 @@ class _Carrier(ValueError):
         self.error = error
 
 
-def _as_value_error(check, *args):
+def _typed(check, *args):
     try:
         return check(*args)
     except TargetselError as exc:
         raise _Carrier(exc) from None
+
+
+def _checked(check, value: Any, handler: ValidatorFunctionWrapHandler):
+    """pydantic's own coercion first (`bytes` → `str`); a value it refuses gets `check`'s typed error."""
+    try:
+        value = handler(value)
+    except ValidationError:
+        _typed(check, value)  # a check raises for any value of the wrong type
+        raise
+    return value if value is None else _typed(check, value)
+
+
+def _checked_field(field: str, check):
+    """The validator of `field`: pydantic's coercion, then `check` (see `_checked`)."""
+
+    def validate(cls, value: Any, handler: ValidatorFunctionWrapHandler):
+        return _checked(check, value, handler)
+
+    return field_validator(field, mode="wrap")(classmethod(validate))
 
 
 def _targetsel_error(exc: ValidationError, what: str) -> TargetselError:
@@ -115,9 +132,9 @@ def _targetsel_error(exc: ValidationError, what: str) -> TargetselError:
 
 
 class Flag(_Node):
-    """A parameterless atom: all, trainable, frozen, mixed, linear, leaf, outermost."""
+    """A parameterless atom: all, trainable, frozen, mixed, linear, quantized, leaf, outermost."""
 
-    kind: Literal["all", "trainable", "frozen", "mixed", "linear", "leaf", "outermost"]
+    kind: Literal["all", "trainable", "frozen", "mixed", "linear", "quantized", "leaf", "outermost"]
 
 
 class TypeIs(_Node):
@@ -127,28 +144,16 @@ class TypeIs(_Node):
     name: str
     exact: bool = False
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _as_value_error(check_type_name, v)
+    _name = _checked_field("name", check_type_name)
 
 
 class NameRegex(_Node):
-    """Regex *search* over the full dotted module name."""
+    """Regex *search* over the full dotted module name (stored with `\\/` written `/`)."""
 
     kind: Literal["name"] = "name"
     pattern: str
 
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str) -> str:
-        v = normalise_regex(v)
-        from targetsel.query.patterns import compile_regex
-
-        if v == "":  # it would print as name://, which does not parse
-            raise PatternError("an empty regex matches every name; select every module with all (or no filter)")
-        _as_value_error(compile_regex, v)
-        return v
+    _pattern = _checked_field("pattern", check_regex)
 
 
 class Glob(_Node):
@@ -157,13 +162,7 @@ class Glob(_Node):
     kind: Literal["glob"] = "glob"
     pattern: str
 
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str) -> str:
-        from targetsel.query.globs import glob_to_regex
-
-        _as_value_error(glob_to_regex, v)
-        return v
+    _pattern = _checked_field("pattern", check_glob)
 
 
 class Under(_Node):
@@ -177,10 +176,8 @@ class Under(_Node):
     def _one_of(self):
         if (self.prefix is None) == (self.of is None):
             raise ValueError("under needs exactly one of 'prefix' (a module name) or 'of' (a selector)")
-        if self.prefix is not None and not self.prefix.strip():
-            raise ValueError("under needs a non-empty module name")
         if self.prefix is not None:
-            _as_value_error(check_text, self.prefix, "an under: module name")
+            _typed(check_under_prefix, self.prefix)
         return self
 
 
@@ -194,18 +191,9 @@ class Layers(_Node):
     @field_validator("ranges")
     @classmethod
     def _ranges(cls, v):
-        from targetsel.query.layerspec import check_ranges
+        return _typed(check_ranges, tuple(tuple(r) for r in v))
 
-        return _as_value_error(check_ranges, tuple(tuple(r) for r in v))
-
-    @field_validator("within")
-    @classmethod
-    def _within(cls, v):
-        if v is not None and not v.strip():
-            raise ValueError("layers 'within' must name a block container, e.g. 'layers' or 'vision_tower.layers'")
-        if v is not None:
-            _as_value_error(check_text, v, "a layers 'within' container name")
-        return v
+    _within = _checked_field("within", check_within)
 
 
 class Component(_Node):
@@ -213,6 +201,8 @@ class Component(_Node):
 
     kind: Literal["component"] = "component"
     name: Literal["vision", "audio", "language", "projector", "head"]
+
+    _name = _checked_field("name", check_component)
 
 
 class And(_Node):
@@ -252,6 +242,11 @@ class Where(_Node):
         except Exception:  # noqa: BLE001 - a label must not raise: it is in every message about the selector
             return f"<{type(self.fn).__name__} object>"
 
+
+Node = Annotated[
+    Union[Flag, TypeIs, NameRegex, Glob, Under, Layers, Component, And, Or, Not, Diff, Where],
+    Field(discriminator="kind"),
+]
 
 Node = Annotated[
     Union[Flag, TypeIs, NameRegex, Glob, Under, Layers, Component, And, Or, Not, Diff, Where],
@@ -343,146 +338,6 @@ class Selector(RootModel[Node], metaclass=_SelectorErrors):
         return to_query(self.root)
 
 
-def check_type_name(name: str) -> str:
-    from targetsel.errors import UnknownNameError
-
-    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
-        raise UnknownNameError(f"a type is a class or a class name such as 'Linear', got {name!r}")
-    check_text(name, "a type name")
-    return name
-
-
-def check_text(value: str, what: str) -> str:
-    """Refuse lone surrogates (undecodable bytes, e.g. from a command line): JSON cannot hold them."""
-    found = LONE_SURROGATE.search(value)
-    if found is not None:
-        raise SpecError(
-            f"{what} holds the lone surrogate {found.group()!r} at position {found.start()}, which is not text (it "
-            "usually comes from bytes that are not valid UTF-8); remove it or write the character it stood for"
-        )
-    return value
-
-
-def measure(node) -> tuple[int, int]:
-    """(nesting depth, size): compound levels on the longest path down, and nodes as printed.
-
-    The size counts a sub-selector used twice twice: `s = s | s.frozen()` in a loop doubles it at
-    each step while sharing one object, which is what printing and evaluating pay for. Iterative,
-    so that it measures what is too deep to print; a child built through its class was measured
-    then, and a shared object is measured once.
-    """
-    if isinstance(node, Selector):
-        node = node.root
-    kids = children(node)
-    if not kids:
-        return (0, 1)
-    # The usual case, a node built from parts built before it: each part knows its shape.
-    depth, size = 0, 1
-    for kid in kids:
-        if type(kid) in _ATOMS:
-            size += 1
-            continue
-        shape = getattr(kid, "__dict__", {}).get("shape")
-        if shape is None:
-            break
-        if shape[0] > depth:
-            depth = shape[0]
-        size += shape[1]
-    else:
-        return depth + 1, size
-    done: dict[int, tuple[int, int]] = {}
-    stack = [(node, False)]
-    while stack:
-        current, expanded = stack.pop()
-        kids = children(current)
-        known = getattr(current, "__dict__", {}).get("shape") if current is not node else None
-        if known is not None:
-            done[id(current)] = known  # measured when it was built
-        elif not kids:
-            done[id(current)] = (0, 1)
-        elif expanded:
-            measured = [done[id(k)] for k in kids]
-            done[id(current)] = (1 + max(d for d, _ in measured), 1 + sum(n for _, n in measured))
-        elif id(current) not in done:
-            stack.append((current, True))
-            stack.extend((k, False) for k in kids if id(k) not in done)
-    return done[id(node)]
-
-
-#: A structure (`model_dump()`) of a selector within MAX_DEPTH nests at most this many mappings and
-#: lists: two per `&`/`|` level (the node and its `items`), and `layers` ranges add two at the bottom.
-MAX_DATA_DEPTH = 2 * MAX_DEPTH + 4
-
-
-def data_depth(data: Any, stop: int) -> int:
-    """How deeply dicts and lists nest in `data` (iteratively; measuring stops past `stop`)."""
-    deepest, stack = 0, [(data, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            values = item.values()
-        elif isinstance(item, (list, tuple)):
-            values = item
-        else:
-            continue
-        deepest = max(deepest, level)
-        if deepest > stop:
-            break
-        stack.extend((v, level + 1) for v in values)
-    return deepest
-
-
-_ATOMS = frozenset({Flag, TypeIs, NameRegex, Glob, Layers, Component, Where})
-
-
-def check_depth(node) -> None:
-    """Raise SpecError when `node` nests deeper than MAX_DEPTH or holds more than MAX_NODES nodes."""
-    depth, size = node.shape if isinstance(node, _Node) else measure(node)
-    if depth > MAX_DEPTH:
-        err = SpecError(f"this selector nests more than {MAX_DEPTH} levels deep, the limit. {DEPTH_ADVICE}")
-        err.depth = depth  # type: ignore[attr-defined]  # the parser reports it at a column
-        raise err
-    if size > MAX_NODES:
-        raise SpecError(
-            f"this selector holds {size:,} nodes when printed, more than the limit of {MAX_NODES:,}. A selection "
-            "used twice in one step (s = s | s.frozen(), s = s - s.leaf() in a loop) doubles it each time: "
-            "build each part once, e.g. s.frozen() | s.leaf() instead of repeating s."
-        )
-
-
-DEPTH_ADVICE = (
-    "Each '!', '-', '&'/'|' group and 'under:(…)' inside another is a level; write a long difference "
-    "a - b - c - … as a - (b | c | …), which stays one level deep."
-)
-
-
-def normalise_regex(pattern: str) -> str:
-    r"""`\/` and `/` mean the same in a regex; store `/` so equal regexes give equal selectors."""
-    if not isinstance(pattern, str) or "\\/" not in pattern:
-        return pattern
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern[i] == "\\" and i + 1 < len(pattern):
-            out.append("/" if pattern[i + 1] == "/" else pattern[i : i + 2])
-            i += 2
-        else:
-            out.append(pattern[i])
-            i += 1
-    return "".join(out)
-
-
-def children(node) -> tuple:
-    if isinstance(node, (And, Or)):
-        return node.items
-    if isinstance(node, Not):
-        return (node.item,)
-    if isinstance(node, Diff):
-        return (node.left, node.right)
-    if isinstance(node, Under) and node.of is not None:
-        return (node.of,)
-    return ()
-
-
 # ---------------------------------------------------------------------------- constructors
 
 ALL = Flag(kind="all")
@@ -520,88 +375,3 @@ def not_(item) -> Any:
 
 def diff(left, right) -> Any:
     return Diff(left=left, right=right)
-
-
-# ---------------------------------------------------------------------------- printing
-
-_PREC = {"or": 1, "diff": 2, "and": 3, "not": 4}
-
-
-def quote_value(value: str) -> str:
-    if value and all(c in SAFE_VALUE_CHARS for c in value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def quote_regex(pattern: str) -> str:
-    r"""Inside name:/…/ a bare `/` ends the regex, so write it as `\/` (backslash pairs stay as they are)."""
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            out.append(pattern[i : i + 2])
-            i += 2
-            continue
-        out.append("\\/" if c == "/" else c)
-        i += 1
-    return "/" + "".join(out) + "/"
-
-
-def _atom(node) -> str:
-    from targetsel.query.layerspec import ranges_text
-
-    if isinstance(node, Flag):
-        return node.kind
-    if isinstance(node, TypeIs):
-        return f"type:{'=' if node.exact else ''}{quote_value(node.name)}"
-    if isinstance(node, NameRegex):
-        return "name:" + quote_regex(node.pattern)
-    if isinstance(node, Glob):
-        return "glob:" + quote_value(node.pattern)
-    if isinstance(node, Under):
-        return "under:" + (quote_value(node.prefix) if node.prefix is not None else f"({to_query(node.of)})")
-    if isinstance(node, Layers):
-        return "layers:" + ranges_text(node.ranges) + ("" if node.within is None else "@" + quote_value(node.within))
-    if isinstance(node, Component):
-        return f"component:{node.name}"
-    if isinstance(node, Where):
-        return f"<where {node.label}: a Python callable, not serialisable>"
-    raise TypeError(f"not a selector node: {node!r}")
-
-
-def _prec(node) -> int:
-    return _PREC.get(getattr(node, "kind", ""), 5)
-
-
-def _wrap(node, minimum: int) -> str:
-    text = to_query(node)
-    return f"({text})" if _prec(node) < minimum else text
-
-
-def to_query(node) -> str:
-    """The canonical query string of a node (precedence, loosest first: | - & !)."""
-    if isinstance(node, Selector):
-        node = node.root
-    if isinstance(node, Or):
-        return " | ".join(_wrap(i, 2) for i in node.items)
-    if isinstance(node, Diff):
-        return f"{_wrap(node.left, 2)} - {_wrap(node.right, 3)}"
-    if isinstance(node, And):
-        return " & ".join(_wrap(i, 4) for i in node.items)
-    if isinstance(node, Not):
-        return "!" + _wrap(node.item, 4)
-    return _atom(node)
-
-
-def walk(node):
-    yield node
-    for child in children(node):
-        yield from walk(child)
-
-
-def has_callable(node) -> bool:
-    return any(isinstance(n, Where) for n in walk(node))
-
-
-def callable_labels(node) -> list[str]:
-    return [n.label for n in walk(node) if isinstance(n, Where)]

@@ -15,12 +15,15 @@ its own lexer modes and error mapping for the same result, plus a runtime depend
     and     := unary (("&" | "and") unary)*
     unary   := ("!" | "not") unary | "(" or ")" | atom
 
-The parser builds nodes only through the smart constructors in `nodes.py`, the same ones the
-fluent chain uses, so the three spellings of a selection give equal selectors — and the same
-checks: a query parses if and only if its selector can be printed, pickled, written as JSON and
-parsed back. Nesting is limited twice with the same number, `MAX_DEPTH`: while reading (each `(`
-and `!`, which keeps the parser's own recursion bounded) and as each node is built (which also
-counts the levels a chain `a - b - c` adds without any parenthesis).
+The parser builds nodes only through the node classes and smart constructors in `nodes.py`, the
+same ones the fluent chain uses, so the three spellings of a selection give equal selectors — and
+the same checks: a query parses if and only if its selector can be printed, pickled, written as
+JSON and parsed back. Nesting is limited twice with the same number, `MAX_DEPTH`: while reading
+(each `(` and `!`, which keeps the parser's own recursion bounded) and as each node is built
+(which also counts the levels a chain `a - b - c` adds without any parenthesis).
+
+Three modules: `scanner.py` (tokens, values, errors at a column), `atoms.py` (each atom's value),
+and this one (the grammar above, `parse`, and spec files: `load_spec`).
 """
 
 from __future__ import annotations
@@ -28,22 +31,19 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from pydantic import ValidationError
 
+from targetsel.errors import QuerySyntaxError, SpecError, TargetselError
 from targetsel.query import nodes as N
-from targetsel.errors import LayerSpecError, PatternError, QuerySyntaxError, SpecError, TargetselError, closest
+from targetsel.query.atoms import FLAGS, KEYED, AtomReader
 from targetsel.query.patterns import LONE_SURROGATE
+from targetsel.query.scanner import OPERATOR_CHARS, WORD_OPERATORS
+from targetsel.query.tree import DEPTH_ADVICE, MAX_DEPTH
 
-FLAGS = {kind: N.Flag(kind=kind) for kind in N.FLAG_KINDS}
-KEYED = ("type", "name", "glob", "under", "layers", "component")
-WORD_OPERATORS = {"and": "&", "or": "|", "not": "!"}
-OPERATOR_CHARS = "&|!-()"
-MAX_DEPTH = N.MAX_DEPTH  # deeper nesting is not a query anyone writes; see nodes.py for why there is a limit
-
-_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-_LAYER_CHARS = frozenset("0123456789.,-")
+__all__ = ["FLAGS", "KEYED", "MAX_DEPTH", "OPERATOR_CHARS", "WORD_OPERATORS", "load_spec", "parse", "parse_uncached",
+           "spec_to_selector"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -76,77 +76,15 @@ def parse_uncached(query: str) -> N.Selector:
     return N.Selector(_Parser(query).parse())
 
 
-# ---------------------------------------------------------------------------- the parser
+# ---------------------------------------------------------------------------- the grammar
 
 
-class _Parser:
-    """One pass over the query; `self.pos` is the column of the next unread character."""
+class _Parser(AtomReader):
+    """The grammar of the module docstring, one method a level; `self.depth` counts open `(` and `!`."""
 
     def __init__(self, query: str):
-        self.q = query
-        self.pos = 0
+        super().__init__(query)
         self.depth = 0
-
-    # -------------------------------------------------------------- errors
-
-    def fail(self, message: str, pos: int, hint: Optional[str] = None):
-        # Point at a character of the query, never past its end: an error "at the end" is shown
-        # under the last character, which is what the user has to extend or fix.
-        pos = min(max(pos, 0), max(len(self.q) - 1, 0))
-        raise QuerySyntaxError(message, self.q, pos, hint)
-
-    # -------------------------------------------------------------- scanning
-
-    def skip_space(self) -> None:
-        while self.pos < len(self.q) and self.q[self.pos].isspace():
-            self.pos += 1
-
-    def at_end(self) -> bool:
-        self.skip_space()
-        return self.pos >= len(self.q)
-
-    def peek_operator(self) -> Optional[tuple[str, int, int]]:
-        """(operator, start, end) of the next token if it is one of & | ! - ( ) and/or/not, else None."""
-        self.skip_space()
-        if self.pos >= len(self.q):
-            return None
-        c = self.q[self.pos]
-        if c in OPERATOR_CHARS:
-            return c, self.pos, self.pos + 1
-        word_end = self._word_end(self.pos)
-        word = self.q[self.pos : word_end].lower()
-        if word in WORD_OPERATORS and (word_end >= len(self.q) or self.q[word_end] != ":"):
-            return WORD_OPERATORS[word], self.pos, word_end
-        return None
-
-    def _word_end(self, i: int) -> int:
-        while i < len(self.q) and self.q[i] in _WORD_CHARS:
-            i += 1
-        return i
-
-    def describe_next(self) -> str:
-        self.skip_space()
-        if self.pos >= len(self.q):
-            return "the end of the query"
-        op = self.peek_operator()
-        if op:
-            return f"{self.q[op[1]:op[2]]!r}"
-        end = self._word_end(self.pos)
-        return f"{self.q[self.pos:max(end, self.pos + 1)]!r}"
-
-    # -------------------------------------------------------------- grammar
-
-    def build(self, column: int, make, *args):
-        """`make(*args)` (a smart constructor of nodes.py); a selector past the limits fails at `column`."""
-        try:
-            return make(*args)
-        except TargetselError as exc:
-            self.refuse(exc, column)
-
-    def refuse(self, exc: TargetselError, column: int):
-        if getattr(exc, "depth", None) is not None:
-            self.fail(f"the query nests deeper than {MAX_DEPTH} levels", column, N.DEPTH_ADVICE)
-        self.fail(str(exc), column)
 
     def parse(self):
         if not self.q.strip():
@@ -171,13 +109,8 @@ class _Parser:
             )
         return node
 
-    def parse_or(self):
-        items, first = [self.parse_diff()], None
-        while (op := self.peek_operator()) and op[0] == "|":
-            self.pos = op[2]
-            first = op[1] if first is None else first
-            items.append(self.parse_diff(after=op))
-        return items[0] if first is None else self.build(first, N.or_, *items)
+    def parse_or(self, after=None):
+        return self.flat(after, "|", self.parse_diff, N.or_)
 
     def parse_diff(self, after=None):
         node = self.parse_and(after)
@@ -187,12 +120,16 @@ class _Parser:
         return node
 
     def parse_and(self, after=None):
-        items, first = [self.parse_unary(after)], None
-        while (op := self.peek_operator()) and op[0] == "&":
+        return self.flat(after, "&", self.parse_unary, N.and_)
+
+    def flat(self, after, symbol: str, operand, make):
+        """`operand (symbol operand)*` as one node, `make(*operands)`; its errors point at the first `symbol`."""
+        items, first = [operand(after)], None
+        while (op := self.peek_operator()) and op[0] == symbol:
             self.pos = op[2]
             first = op[1] if first is None else first
-            items.append(self.parse_unary(after=op))
-        return items[0] if first is None else self.build(first, N.and_, *items)
+            items.append(operand(after=op))
+        return items[0] if first is None else self.build(first, make, *items)
 
     def parse_unary(self, after=None):
         """`after` is the operator token just read, so a missing operand can point at it."""
@@ -237,198 +174,13 @@ class _Parser:
             def __enter__(self):
                 parser.depth += 1
                 if parser.depth > MAX_DEPTH:
-                    parser.fail(f"the query nests deeper than {MAX_DEPTH} levels", start, N.DEPTH_ADVICE)
+                    parser.fail(f"the query nests deeper than {MAX_DEPTH} levels", start, DEPTH_ADVICE)
 
             def __exit__(self, *exc):
                 parser.depth -= 1
                 return False
 
         return _Depth()
-
-    # -------------------------------------------------------------- atoms
-
-    def parse_atom(self):
-        start = self.pos
-        end = self._word_end(start)
-        if end == start:
-            self.fail(
-                f"unexpected character {self.q[start]!r}",
-                start,
-                "atoms are words such as `linear`, or key:value such as `glob:**.q_proj`; quote odd values with \"…\"",
-            )
-        word = self.q[start:end]
-        key = word.lower()
-        if end < len(self.q) and self.q[end] == ":":
-            if key not in KEYED:
-                hint = _did_you_mean(key, [k + ":" for k in KEYED], ":") or f"atoms with a value: {', '.join(k + ':' for k in KEYED)}"
-                if key in FLAGS:
-                    hint = f"`{key}` takes no value; write just `{key}`"
-                self.fail(f"unknown atom {word + ':'!r}", start, hint)
-            self.pos = end + 1
-            self.skip_space()  # `under: vision_tower` reads like `under:vision_tower`
-            return getattr(self, f"atom_{key}")(start)
-        if key in FLAGS:
-            self.pos = end
-            return FLAGS[key]
-        if key in KEYED:
-            self.fail(f"{key} needs a value after a colon, e.g. {_EXAMPLES[key]}", start)
-        hint = _did_you_mean(key, [*FLAGS, *(k + ":" for k in KEYED)])
-        if not hint:
-            hint = (
-                f"to select modules by name write glob:**.{word} or name:/{word}/; "
-                f"atoms: {', '.join(FLAGS)}, {', '.join(k + ':' for k in KEYED)}"
-            )
-        self.fail(f"unknown atom {word!r}", start, hint)
-
-    def value(self, key_start: int, what: str, stop_chars: str = "") -> tuple[str, int]:
-        """A bare value (a run of safe characters) or a "quoted" one; returns (text, column)."""
-        start = self.pos
-        if start < len(self.q) and self.q[start] == '"':
-            return self.quoted(start), start
-        i = start
-        while i < len(self.q) and self.q[i] in N.SAFE_VALUE_CHARS and self.q[i] not in stop_chars:
-            i += 1
-        if i == start:
-            key = self.q[key_start : self._word_end(key_start)].lower()
-            found = "the end of the query" if start >= len(self.q) else repr(self.q[start])
-            self.fail(f"{key}: needs {what}, found {found}", start, f"e.g. {_EXAMPLES[key]}")
-        if i < len(self.q) and not self.q[i].isspace() and self.q[i] not in OPERATOR_CHARS and self.q[i] not in stop_chars:
-            self.fail(
-                f"unexpected character {self.q[i]!r} in a value",
-                i,
-                f'quote values holding characters other than letters, digits and _.*?{{}},[] : "{self.q[start:i + 1]}…"',
-            )
-        self.pos = i
-        return self.q[start:i], start
-
-    def quoted(self, start: int) -> str:
-        out, i = [], start + 1
-        while i < len(self.q):
-            c = self.q[i]
-            if c == "\\" and i + 1 < len(self.q) and self.q[i + 1] in '"\\':
-                out.append(self.q[i + 1])
-                i += 2
-                continue
-            if c == '"':
-                self.pos = i + 1
-                if not out:
-                    self.fail("empty quoted value", start)
-                return "".join(out)
-            out.append(c)
-            i += 1
-        self.fail("this quote is never closed", start, 'end the value with "')
-
-    def node(self, cls, column: int, **fields):
-        """Build a node, turning its validator's complaint into a syntax error at `column`."""
-        try:
-            return cls(**fields)
-        except TargetselError as exc:
-            self.refuse(exc, column)
-
-    def atom_type(self, start: int):
-        exact = self.pos < len(self.q) and self.q[self.pos] == "="
-        if exact:
-            self.pos += 1
-        name, column = self.value(start, "a class name")
-        return self.node(N.TypeIs, column, name=name, exact=exact)
-
-    def atom_name(self, start: int):
-        column = self.pos
-        if column >= len(self.q) or self.q[column] != "/":
-            self.fail(r"name: takes a regex between slashes", column, r"e.g. name:/mlp\.(up|down)_proj/; write \/ for a slash")
-        i = column + 1
-        while i < len(self.q) and self.q[i] != "/":
-            i += 2 if self.q[i] == "\\" else 1
-        if i >= len(self.q):
-            self.fail("this regex is never closed", column, r"end it with / (write \/ for a slash inside it)")
-        raw = self.q[column + 1 : i]
-        if not raw:
-            self.fail("empty regex", column, "name:/…/ needs a pattern; `all` selects every module")
-        from targetsel.query.patterns import compile_regex
-
-        try:
-            compile_regex(raw)  # `\/` is a valid escape, so error positions are columns of `raw`
-        except PatternError as exc:
-            pos = getattr(exc, "pos", None)
-            self.fail(f"bad regex: {getattr(exc, 'reason', exc)}", column + 1 + (pos or 0))
-        self.pos = i + 1
-        return self.node(N.NameRegex, column, pattern=raw)
-
-    def atom_glob(self, start: int):
-        pattern, column = self.value(start, "a dotted glob")
-        from targetsel.query.globs import glob_to_regex
-
-        try:
-            glob_to_regex(pattern)
-        except PatternError as exc:
-            self.fail(str(exc), column)
-        return self.node(N.Glob, column, pattern=pattern)
-
-    def atom_under(self, start: int):
-        if self.pos < len(self.q) and self.q[self.pos] == "(":
-            open_at = self.pos
-            self.pos += 1
-            inner = self.group(open_at, "under:(…) ends with ')'")
-            return self.node(N.Under, open_at, of=inner)
-        prefix, column = self.value(start, "a module name or (a query)")
-        return self.node(N.Under, column, prefix=prefix)
-
-    def atom_layers(self, start: int):
-        from targetsel.query.layerspec import parse_range_text
-
-        column = self.pos
-        i = column
-        while i < len(self.q) and self.q[i] in _LAYER_CHARS:
-            # A '-' is a minus sign only where a number starts (the start of the spec, after ',' or
-            # '..') and a digit follows; anywhere else it is the difference operator: layers:-4..-2
-            # is one spec, layers:-4..-trainable a difference.
-            if self.q[i] == "-" and (
-                (i > column and self.q[i - 1] not in ",.") or not (i + 1 < len(self.q) and self.q[i + 1].isdigit())
-            ):
-                break
-            i += 1
-        text = self.q[column:i]
-        if not text:
-            self.fail("layers: needs block indices", column, f"e.g. {_EXAMPLES['layers']}")
-        try:
-            ranges = parse_range_text(text)
-        except LayerSpecError as exc:
-            self.fail(str(exc), column)
-        self.pos = i
-        within = None
-        if self.pos < len(self.q) and self.q[self.pos] == "@":
-            self.pos += 1
-            within, _ = self.value(start, "the name of the block container")
-        elif self.pos < len(self.q) and not self.q[self.pos].isspace() and self.q[self.pos] not in OPERATOR_CHARS:
-            self.fail(f"unexpected character {self.q[self.pos]!r} in a layer spec", self.pos, f"e.g. {_EXAMPLES['layers']}")
-        return self.node(N.Layers, column, ranges=ranges, within=within)
-
-    def atom_component(self, start: int):
-        name, column = self.value(start, "a component name")
-        if name.lower() not in N.COMPONENTS:
-            self.fail(
-                f"unknown component {name!r}",
-                column,
-                _did_you_mean(name.lower(), N.COMPONENTS) or f"components: {', '.join(N.COMPONENTS)}",
-            )
-        return self.node(N.Component, column, name=name.lower())
-
-
-_EXAMPLES = {
-    "type": "type:Linear (isinstance) or type:=Linear (exact class)",
-    "name": r"name:/mlp\.(up|down)_proj/",
-    "glob": "glob:**.self_attn.{q,v}_proj",
-    "under": "under:vision_tower or under:(type:VisionTower)",
-    "layers": "layers:0..3, layers:-4.., layers:0..3,8@vision_tower.layers",
-    "component": "component:vision",
-}
-
-
-def _did_you_mean(word: str, candidates, suffix: str = "") -> Optional[str]:
-    near = closest(word + suffix, list(candidates)) or closest(word, [c.rstrip(":") for c in candidates])
-    if not near:
-        return None
-    return "did you mean " + " or ".join(f"`{c}`" for c in near) + "?"
 
 
 # ---------------------------------------------------------------------------- spec files

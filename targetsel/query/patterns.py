@@ -28,6 +28,8 @@ import time
 import regex
 
 from targetsel.errors import PatternError, RegexTimeoutError
+from targetsel.query.name_table import NameTable, compile_line_regex, match
+from targetsel.query.regex_shape import shape
 
 #: Wall-clock budget for one user regex over all names of one model.
 REGEX_BUDGET_SECONDS = 1.0
@@ -211,20 +213,23 @@ def _refuse_regex(pattern: str) -> "tuple[str, int] | None":
     return None
 
 
-def search_names(pattern: str, names: list[str], indices: list[int]) -> list[int]:
-    """The indices (of `names`) whose name the regex *searches* successfully, under the time budget."""
+def search_names(pattern: str, names: list[str], indices: list[int], table: "NameTable | None" = None) -> list[int]:
+    """The indices (of `names`) whose name the regex *searches* successfully, under the time budget.
+
+    `table`: the same names joined once (`NameTable(names)`), kept by the caller across calls; the
+    regex then runs once over the names its literal text leaves (query/name_table.py), or not at
+    all when string tests answer exactly. Regexes outside the subset regex_shape.py reads, and
+    names holding a newline, are searched name by name.
+    """
     compiled = compile_regex(pattern)
     deadline = time.monotonic() + REGEX_BUDGET_SECONDS
-    kept = []
-    search = compiled.search
     try:
-        # A per-call timeout equal to the remaining budget bounds the whole loop, not just one call.
-        for i in indices:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            if search(names[i], timeout=remaining) is not None:
-                kept.append(i)
+        bulk = _bulk(pattern)
+        if bulk is not None and indices:
+            table = table if table is not None else NameTable(names)
+            if table.newline_free:
+                return match(table, indices, *bulk, deadline)
+        return _search_each(compiled, names, indices, deadline)
     except TimeoutError:
         raise RegexTimeoutError(
             f"regex /{pattern}/ took more than {REGEX_BUDGET_SECONDS:g}s over {len(indices)} module names "
@@ -236,4 +241,24 @@ def search_names(pattern: str, names: list[str], indices: list[int]) -> list[int
             f"regex /{pattern}/ failed inside the regex engine while matching module names "
             f"({type(exc).__name__}: {exc}); simplify it (fuzzy matching and \\G are the usual suspects)"
         ) from None
+
+
+@functools.lru_cache(maxsize=512)
+def _bulk(pattern: str):
+    """(shape, line regex) of a regex that can be matched in bulk, or None."""
+    found = shape(pattern)
+    line_regex = compile_line_regex(found) if found is not None else None
+    return (found, line_regex) if line_regex is not None else None
+
+
+def _search_each(compiled: "regex.Pattern[str]", names: list[str], indices: list[int], deadline: float) -> list[int]:
+    kept = []
+    search = compiled.search
+    # A per-call timeout equal to the remaining budget bounds the whole loop, not just one call.
+    for i in indices:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        if search(names[i], timeout=remaining) is not None:
+            kept.append(i)
     return kept

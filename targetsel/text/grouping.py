@@ -2,10 +2,11 @@
 
 Numeric segments become integer sets (`{0..31}`, `{0..3,7}`); names that then differ in one
 literal segment merge into an alternation, with the common prefix and suffix of that segment
-pulled out (`q_proj`, `k_proj` → `{q,k}_proj`). Numbers are ASCII digits, as in regex_build:
-`layers.٣` is a word, not block 3. Every group pattern is a valid `glob:` that matches exactly
-its names among those given, so a group can be pasted back into a query.
-Used by the display, by error messages and by preflight findings.
+pulled out (`q_proj`, `k_proj` → `{q,k}_proj`). Templates, blocks and merging are `runs.py`'s,
+shared with names_regex; numbers are ASCII digits there: `layers.٣` is a word, not block 3.
+Every group pattern is a valid `glob:` that matches exactly its names among those given, so a
+group can be pasted back into a query. Used by the display, by error messages and by preflight
+findings.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from targetsel.text.names_regex import _blocks, _split
-
+from targetsel.text.runs import cartesian_blocks, fill_template, int_runs, merge_rows, split_name
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,9 @@ class NameGroup:
 
 def int_set_text(values: Iterable[int]) -> str:
     """{0..31}, {0..3,7}, or a bare number for one value."""
-    vals = sorted(set(values))
-    if len(vals) == 1:
-        return str(vals[0])
-    runs: list[list[int]] = []
-    for v in vals:
-        if runs and runs[-1][1] == v - 1:
-            runs[-1][1] = v
-        else:
-            runs.append([v, v])
+    runs = int_runs(values)
+    if len(runs) == 1 and runs[0][0] == runs[0][1]:
+        return str(runs[0][0])
     parts = [str(a) if a == b else (f"{a},{b}" if b == a + 1 else f"{a}..{b}") for a, b in runs]
     return "{" + ",".join(parts) + "}"
 
@@ -57,7 +51,7 @@ def _alternation(words: list[str]) -> str:
 
 
 def _is_digit(char: str) -> bool:
-    # ASCII only, as numeric segments are (regex_build): `str.isdigit` also takes '٣' and '¹'.
+    # ASCII only, as numeric segments are (runs.py): `str.isdigit` also takes '٣' and '¹'.
     return len(char) == 1 and "0" <= char <= "9"
 
 
@@ -82,15 +76,8 @@ def _word_suffix(suffix: str, words: list[str]) -> str:
     return suffix[cut:] if cut >= 0 else ""
 
 
-def _render(template: tuple, block: tuple) -> list[str]:
-    out, k = [], 0
-    for seg in template:
-        if seg is None:
-            out.append(int_set_text(block[k]))
-            k += 1
-        else:
-            out.append(seg)
-    return out
+def _word(segment: str) -> tuple[str]:
+    return (segment,)
 
 
 def group_names(names: Sequence[str]) -> list[NameGroup]:
@@ -99,14 +86,14 @@ def group_names(names: Sequence[str]) -> list[NameGroup]:
     by_template: dict[tuple, set] = defaultdict(set)
     members: dict[tuple, list[tuple[str, tuple]]] = defaultdict(list)
     for name in names:
-        template, values = _split(name)  # split once: it dominates the cost at 50k names
+        template, values = split_name(name)  # split once: it dominates the cost at 50k names
         by_template[template].add(values)
         members[template].append((name, values))
 
-    # rows: (segments with int sets rendered, literal-segment words per position, member names)
-    rows: list[tuple[list, list[str]]] = []
+    # Rows: a word is a mergeable cell (a 1-tuple), an integer set a fixed one ("{0..31}" never merges).
+    rows = []
     for template, tuples in by_template.items():
-        blocks = _blocks(frozenset(tuples))
+        blocks = cartesian_blocks(frozenset(tuples))
         if len(blocks) == 1:
             insides = [[n for n, _ in members[template]]]
         else:  # the blocks are disjoint: each name lands in exactly one
@@ -117,42 +104,12 @@ def group_names(names: Sequence[str]) -> list[NameGroup]:
                         inside.append(n)
                         break
         for block, inside in zip(blocks, insides):
-            rows.append(([[p] if i_is_literal else p for p, i_is_literal in _tag(template, block)], inside))
-
-    # Merge rows that differ in exactly one literal position (same shape otherwise).
-    merged = True
-    while merged:
-        merged = False
-        for pos in range(max((len(r[0]) for r in rows), default=0)):
-            buckets: dict[tuple, list[int]] = defaultdict(list)
-            for idx, (segs, _) in enumerate(rows):
-                if pos < len(segs) and isinstance(segs[pos], list):
-                    key = (len(segs), pos) + tuple(
-                        "\0" if j == pos else (tuple(s) if isinstance(s, list) else s) for j, s in enumerate(segs)
-                    )
-                    buckets[key].append(idx)
-            groups = [idxs for idxs in buckets.values() if len(idxs) > 1]
-            if groups:
-                used = set()
-                new_rows = []
-                for idxs in groups:
-                    segs = list(rows[idxs[0]][0])
-                    words: list[str] = []
-                    names_in: list[str] = []
-                    for i in idxs:
-                        words += [w for w in rows[i][0][pos] if w not in words]
-                        names_in += rows[i][1]
-                    segs[pos] = words
-                    new_rows.append((segs, names_in))
-                    used.update(idxs)
-                rows = [r for i, r in enumerate(rows) if i not in used] + new_rows
-                merged = True
-                break
+            rows.append((fill_template(template, block, _word, int_set_text), inside))
 
     out = []
-    for segs, inside in rows:
+    for cells, inside in merge_rows(rows):
         inside.sort(key=order.__getitem__)
-        alternatives = [pos for pos, s in enumerate(segs) if isinstance(s, list) and len(s) > 1]
+        alternatives = [pos for pos, c in enumerate(cells) if isinstance(c, tuple) and len(c) > 1]
         first_seen: dict[int, dict[str, int]] = {pos: {} for pos in alternatives}
         if alternatives:  # alternatives appear in model order: the first member using each word
             for n in inside:
@@ -160,19 +117,13 @@ def group_names(names: Sequence[str]) -> list[NameGroup]:
                 for pos in alternatives:
                     first_seen[pos].setdefault(parts[pos], order[n])
         text = ".".join(
-            (_alternation(sorted(s, key=first_seen[pos].__getitem__) if pos in first_seen else s)
-             if isinstance(s, list) else s)
-            for pos, s in enumerate(segs)
+            (_alternation(sorted(c, key=first_seen[pos].__getitem__)) if pos in first_seen else c[0])
+            if isinstance(c, tuple) else c
+            for pos, c in enumerate(cells)
         )
         out.append(NameGroup(pattern=text, names=tuple(inside)))
     out.sort(key=lambda g: order[g.names[0]])
     return out
-
-
-def _tag(template: tuple, block: tuple):
-    """Template segments paired with 'is a literal' (literals are mergeable, int sets are not)."""
-    rendered = _render(template, block)
-    return [(text, seg is not None) for text, seg in zip(rendered, template)]
 
 
 def summarize_names(names: Sequence[str], limit: int = 6) -> str:

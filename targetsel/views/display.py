@@ -20,6 +20,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from targetsel.model.quantized import (buffer_weight_numels, buffer_weight_subtree, family_of_class, logical_numel,
+                                       lora_in_out)
+from targetsel.model.resolution import Resolution
 from targetsel.text.grouping import group_names
 
 MAX_ROWS = 12  # text and rich: rows, the "… N more groups" line included; 14 lines with header and totals
@@ -106,7 +109,18 @@ def _generic(m) -> tuple[str, int]:
     return "", 0
 
 
+def _quantized(m) -> tuple[str, int]:
+    # GPTQ, AWQ, HQQ, EETQ, AQLM, Transformer Engine: the sizes PEFT's LoRA layer is built from
+    sizes = lora_in_out(m)
+    if sizes is None:
+        return "", 0
+    return f"{sizes[0]}→{sizes[1]}", sizes[0] + sizes[1]
+
+
 def _measure_for(cls: type) -> Callable[[nn.Module], tuple[str, int]]:
+    family = family_of_class(cls)
+    if family is not None and not issubclass(cls, nn.Linear):
+        return _quantized if family.wraps() else _no_lora(_quantized)
     if issubclass(cls, nn.Embedding):
         return _embedding
     if issubclass(cls, nn.modules.conv._ConvNd):
@@ -116,6 +130,11 @@ def _measure_for(cls: type) -> Callable[[nn.Module], tuple[str, int]]:
     if cls.__name__ == "Conv1D" and not issubclass(cls, nn.Linear):
         return _transformers_conv1d
     return _generic
+
+
+def _no_lora(measure: Callable[[nn.Module], tuple[str, int]]) -> Callable[[nn.Module], tuple[str, int]]:
+    """The shape of a layer the installed PEFT has no LoRA layer for, and 0 LoRA parameters."""
+    return lambda m: (measure(m)[0], 0)
 
 
 def _measure(module: nn.Module) -> tuple[str, int]:
@@ -149,12 +168,11 @@ def _check_rank(r) -> None:
         raise TargetselError(f"lora_params(r): r is a positive integer rank, got {r!r}")
 
 
-def lora_params(selection, r: int) -> int:
+def lora_params(res: Resolution, r: int) -> int:
     """The parameters LoRA at rank `r` adds to the selected modules (see `lora_layer_params`)."""
     _check_rank(r)
-    index = selection._index()
-    modules = index.modules
-    return r * sum(_measure(modules[i])[1] for i in selection._mask(index).nonzero().flatten().tolist())
+    modules = res.index.modules
+    return r * sum(_measure(modules[i])[1] for i in res.positions)
 
 
 # --------------------------------------------------------------------- the summary
@@ -164,32 +182,33 @@ def _param_sizes(index) -> torch.Tensor:
     sizes = index._cached.get("display_param_sizes")
     if sizes is None:
         sizes = index._cached["display_param_sizes"] = torch.tensor(
-            [p.numel() for p in index.params], dtype=torch.int64)
+            [logical_numel(p) for p in index.params], dtype=torch.int64)
     return sizes
 
 
 def _distinct_params(index, mask: torch.Tensor) -> int:
-    """Elements of the distinct parameters registered anywhere inside a selected module's subtree."""
-    if not index.params:
-        return 0
+    """Elements of the distinct parameters registered anywhere inside a selected module's subtree (and
+    the logical weights quantized layers there keep in buffers)."""
     covered = mask | index.ancestors_mask(mask)
+    in_buffers = int(buffer_weight_numels(index)[covered].sum())
+    if not index.params:
+        return in_buffers
     reg_pos, reg_param = index._reg_pos_t(), index._reg_param_t()
     registered = (index._reg_sign_t() > 0) & covered[reg_pos]  # -1 entries only correct subtree sums
     used = torch.zeros(len(index.params), dtype=torch.bool)
     used[reg_param[registered]] = True
-    return int(_param_sizes(index)[used].sum())
+    return int(_param_sizes(index)[used].sum()) + in_buffers
 
 
-def summarize(selection) -> Summary:
-    index = selection._index()
-    mask = selection._mask(index)
+def summarize(res: Resolution) -> Summary:
+    index, mask = res.index, res.mask
     pos_t = mask.nonzero().flatten()
     total, requiring = index.grad_counts()
     t, g = total[pos_t], requiring[pos_t]
     state_t = torch.where(t == 0, 3, torch.where(g == t, 0, torch.where(g == 0, 1, 2)))
     positions = pos_t.tolist()
     states = state_t.tolist()
-    numels = index.param_numels()[pos_t].tolist()
+    numels = (index.param_numels() + buffer_weight_subtree(index))[pos_t].tolist()  # logical sizes
     class_ids = index.class_ids_tensor()[pos_t].tolist()
     measures = [_measure_for(cls) for cls in index.classes]
     modules, names = index.modules, index.names
@@ -219,20 +238,20 @@ def summarize(selection) -> Summary:
                 int(sum(numels[k] for k in members)))))
     rows.sort(key=lambda pair: pair[0])  # model order of each row's first module
     return Summary(
-        query=selection.query,
-        model_class=type(selection.model).__name__,
+        query=res.query,
+        model_class=res.model_class,
         selected=len(positions),
         modules=index.size - 1,
         params=_distinct_params(index, mask),
-        model_params=int(_param_sizes(index).sum()) if index.params else 0,
+        model_params=(int(_param_sizes(index).sum()) if index.params else 0) + int(buffer_weight_numels(index).sum()),
         rows=tuple(r for _, r in rows),
         lora_per_rank=lora_unit,
     )
 
 
-def summary_rows(selection) -> list[dict]:
+def summary_rows(res: Resolution) -> list[dict]:
     """The grouped rows as plain data (pattern, count, class, shape, grad_state, params), model order."""
-    return [row.to_dict() for row in summarize(selection).rows]
+    return [row.to_dict() for row in summarize(res).rows]
 
 
 # --------------------------------------------------------------------- renderers
@@ -261,24 +280,24 @@ def _cut(rows: tuple[Row, ...], max_rows: int) -> tuple[tuple[Row, ...], tuple[R
     return rows[:keep], rows[keep:]
 
 
-def _empty_text(selection) -> str:
+def _empty_text(res: Resolution) -> str:
     from targetsel.views.diagnose import explain_empty
 
-    return explain_empty(selection)
+    return explain_empty(res)
 
 
 def _kind(row: Row) -> str:
     return f"{row.count} × {row.cls}({row.shape})" if row.shape else f"{row.count} × {row.cls}"
 
 
-def render_text(selection, r: Optional[int] = 16, max_rows: int = MAX_ROWS) -> str:
+def render_text(res: Resolution, r: Optional[int] = 16, max_rows: int = MAX_ROWS) -> str:
     """Plain, aligned, no ANSI: header with the query, one line per group, totals."""
     if r:
         _check_rank(r)
-    s = summarize(selection)
+    s = summarize(res)
     lines = [_header(s)]
     if not s.rows:
-        return "\n".join(lines + ["  " + _empty_text(selection)])
+        return "\n".join(lines + ["  " + _empty_text(res)])
     shown, rest = _cut(s.rows, max_rows)
     width = min(max(len(row.pattern) for row in shown), 72)
     kinds = [_kind(row) for row in shown]
@@ -292,16 +311,16 @@ def render_text(selection, r: Optional[int] = 16, max_rows: int = MAX_ROWS) -> s
     return "\n".join(lines)
 
 
-def render_html(selection, r: Optional[int] = 16, max_rows: int = MAX_HTML_ROWS) -> str:
+def render_html(res: Resolution, r: Optional[int] = 16, max_rows: int = MAX_HTML_ROWS) -> str:
     """A real <table>: the query as caption, the COLUMNS as <thead>, totals as <tfoot>; all text escaped."""
     if r:
         _check_rank(r)
-    s = summarize(selection)
+    s = summarize(res)
     e = html.escape
     caption = (f"<caption style='text-align:left'><code>{e(s.query)}</code> — {s.selected} of {s.modules} "
                f"modules of {e(s.model_class)}</caption>")
     if not s.rows:
-        return f"<table class='targetsel'>{caption}<tbody><tr><td>{e(_empty_text(selection))}</td></tr></tbody></table>"
+        return f"<table class='targetsel'>{caption}<tbody><tr><td>{e(_empty_text(res))}</td></tr></tbody></table>"
     head = "".join(f"<th>{h}</th>" for h in COLUMNS)
     body = []
     shown, rest = _cut(s.rows, max_rows)
@@ -316,7 +335,7 @@ def render_html(selection, r: Optional[int] = 16, max_rows: int = MAX_HTML_ROWS)
     return f"<table class='targetsel'>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>{foot}</table>"
 
 
-def render_rich(selection, r: Optional[int] = 16, max_rows: int = MAX_ROWS):
+def render_rich(res: Resolution, r: Optional[int] = 16, max_rows: int = MAX_ROWS):
     """A rich Table (title: the query; caption: totals or why it is empty). Colour only for grad state,
     which rich drops under NO_COLOR or on a non-terminal."""
     from rich.markup import escape
@@ -324,12 +343,12 @@ def render_rich(selection, r: Optional[int] = 16, max_rows: int = MAX_ROWS):
 
     if r:
         _check_rank(r)
-    s = summarize(selection)
+    s = summarize(res)
     table = Table(title=escape(_header(s)), title_justify="left", show_edge=False, caption_justify="left")
     for column, justify in zip(COLUMNS, ("left", "right", "left", "left", "left", "right")):
         table.add_column(column, justify=justify, overflow="fold")
     if not s.rows:
-        table.caption = escape(_empty_text(selection))
+        table.caption = escape(_empty_text(res))
         return table
     style = {"trainable": "green", "frozen": "cyan", "mixed": "yellow"}
     shown, rest = _cut(s.rows, max_rows)

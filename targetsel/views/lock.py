@@ -16,6 +16,8 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from targetsel.errors import SpecError
+from targetsel.model.resolution import Resolution, resolve
+from targetsel.query import nodes as N
 from targetsel.text.grouping import summarize_names
 
 LOCK_FORMAT = 1
@@ -49,17 +51,15 @@ def versions() -> dict[str, Optional[str]]:
     return out
 
 
-def lock(selection) -> dict:
+def lock(res: Resolution) -> dict:
     """The lock of a selection: query, resolved names, their hash, model class, library versions."""
-    query = selection.selector.to_query()  # NotSerialisableError for .where(fn): it could never be re-checked
-    names = selection.names()
-    from targetsel.bridge.audit import remember
-
-    remember(selection, names)
+    query = N.Selector(res.node).to_query()  # NotSerialisableError for .where(fn): it could never be re-checked
+    names = list(res.names)
+    res.remember()
     return {
         "format": LOCK_FORMAT,
         "query": query,
-        "model_class": type(selection.model).__name__,
+        "model_class": res.model_class,
         "count": len(names),
         "hash": names_hash(names),
         "names": names,
@@ -129,12 +129,16 @@ class Drift:
 def check_lock(model, lock_data: dict) -> Drift:
     """Re-resolve a lock's selector on `model` and report names added or lost since the lock."""
     from targetsel.errors import UnknownNameError
-    from targetsel.selection import select
+    from targetsel.model.evaluate import check_against_model
+    from targetsel.model.index import get_index
+    from targetsel.query.parser import parse
 
     data = read_lock(lock_data)
     note = ""
     try:
-        now = select(model, data["query"]).names()
+        node = parse(data["query"]).root
+        check_against_model(node, get_index(model, for_names=True))
+        now = resolve(model, node).names
     except UnknownNameError as exc:  # a type or module the query names is gone: everything is lost
         now, note = [], str(exc).splitlines()[0]
     before = data["names"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 from targetsel.errors import PatternError, SelectionError, TargetselError
+from targetsel.model.resolution import Bound, Resolution, remember
+from targetsel.views.snapshot import Resolved, snapshot
 
 
 def parameter_keys(index) -> list[tuple[int, str, str]]:
@@ -42,9 +44,7 @@ class ParameterSelection:
     __slots__ = ("_selection", "_pattern")
 
     def __init__(self, selection, pattern: Optional[str] = None):
-        from targetsel.selection import Selection
-
-        if not isinstance(selection, Selection):
+        if not isinstance(selection, Bound):
             raise TargetselError(f"ParameterSelection needs a Selection, got {type(selection).__name__}")
         if pattern is not None:
             from targetsel.query.patterns import compile_regex
@@ -67,10 +67,14 @@ class ParameterSelection:
     def pattern(self) -> Optional[str]:
         return self._pattern
 
-    def _selected(self) -> tuple[list[str], list[str]]:
+    @property
+    def memory_key(self) -> tuple:
+        return ("parameters", self._selection.node, self._pattern)
+
+    def _selected(self, res: Optional[Resolution] = None) -> tuple[list[str], list[str]]:
         """(selected keys, every key) in model order."""
-        index = self._selection._index()
-        mask = self._selection._mask()
+        res = res if res is not None else self._selection.resolution()
+        index, mask = res.index, res.mask
         inside = (mask | index.ancestors_mask(mask)).tolist()
         keys = parameter_keys(index)
         candidates = [key for pos, _, key in keys if inside[pos] and pos > 0]
@@ -93,19 +97,16 @@ class ParameterSelection:
     def is_empty(self) -> bool:
         return not self.names()
 
-    def resolved(self):
+    def resolved(self) -> Resolved:
         """What this parameter selection means now, frozen (`Resolved`, kind "parameters"): for logs and `audit()`."""
-        from targetsel.bridge.audit import remember
-        from targetsel.selection import Resolved
-
-        names = self.names()
-        remember(self, names)
-        return Resolved(query=self._selection.query, names=tuple(names), model_class=type(self.model).__name__,
-                        module_count=self._selection._index().size - 1, kind="parameters", pattern=self._pattern)
+        res = self._selection.resolution()
+        names = self._selected(res)[0]
+        remember(self.model, self.memory_key, names)
+        return snapshot(res, names=names, kind="parameters", pattern=self._pattern)
 
     def __repr__(self) -> str:
         pattern = "" if self._pattern is None else f", {self._pattern!r}"
-        stale = self._selection._rewritten(f"ParameterSelection({self._selection.query!r}{pattern})")
+        stale = self._selection.stale_note(f"ParameterSelection({self._selection.query!r}{pattern})")
         if stale:
             return stale
         names = self.names()
@@ -116,10 +117,11 @@ class ParameterSelection:
         """The `target_parameters` list PEFT resolves to exactly these parameters (shortest exact suffixes)."""
         from targetsel.views.targets import list_matches, minimal_suffixes
 
-        selected, keys = self._selected()
+        res = self._selection.resolution()
+        selected, keys = self._selected(res)
         if not selected:
             raise SelectionError(
-                f"no parameter of the {len(self._selection)} selected module(s) matches "
+                f"no parameter of the {res.count} selected module(s) matches "
                 f"{self._pattern!r}" if self._pattern else "the selected modules hold no parameters"
             )
         # A parametrized tensor (torch.nn.utils.parametrize) is stored as
@@ -139,7 +141,7 @@ class ParameterSelection:
             )
         matched = list_matches(suffixes, keys)
         if matched != mask:  # pragma: no cover - minimal_suffixes is exact by construction
-            raise TargetselError("internal error: the target_parameters list is not exact; please report it")
+            raise AssertionError("internal error: the target_parameters list is not exact; please report it")
         clash = [k for k in keys if k not in chosen and any(k.endswith("." + key) for key in exact.values())]
         if clash:
             raise SelectionError(
@@ -148,9 +150,7 @@ class ParameterSelection:
                 "this selection. Rename the modules, or leave the parametrized parameters out."
             )
         suffixes = suffixes + [key for key in dict.fromkeys(exact.values()) if key not in suffixes]
-        from targetsel.bridge.audit import remember
-
-        remember(self, selected)  # so audit() can compare after get_peft_model has wrapped them
+        remember(self.model, self.memory_key, selected)  # so audit() can compare after get_peft_model has wrapped them
         return suffixes
 
 
@@ -161,19 +161,3 @@ def _parametrized_key(storage: str) -> str:
         return ""
     tensor, dot, leaf = tail.partition(".")
     return f"{head}.{tensor}" if dot and leaf.startswith("original") and "." not in leaf else ""
-
-
-def verify_parameters(model, config) -> list[str]:
-    """The parameter keys the installed PEFT will target with `config.target_parameters`, model order.
-
-    PEFT matches them inline in `_inject_parameters` (no function to call), so this is that rule:
-    each module's own parameters, key `module_name.param_name`, exact or dotted-suffix match.
-    """
-    from targetsel.views.targets import list_matches
-    from targetsel.model.index import get_index
-
-    targets = list(getattr(config, "target_parameters", None) or [])
-    if not targets:
-        return []
-    keys = [key for _, _, key in parameter_keys(get_index(model))]
-    return [k for k, m in zip(keys, list_matches(targets, keys)) if m]

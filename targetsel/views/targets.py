@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Iterable, Optional, Union
+from typing import Iterable, Optional, Union
 
-from targetsel.errors import ConfigError, EmptySelectionError, SelectionError, TargetselError
+from targetsel.errors import EmptySelectionError, SelectionError, TargetselError
+from targetsel.model.resolution import Resolution
 from targetsel.text.names_regex import names_regex
-
-if TYPE_CHECKING:
-    from targetsel.selection import Selection
 
 FORMS = ("auto", "list", "suffixes", "regex")
 
@@ -41,19 +39,15 @@ def regex_matches(pattern: str, names: Iterable[str]) -> list[bool]:
     return [full(name) is not None for name in names]
 
 
-def _selected_and_others(selection: "Selection") -> tuple[list[str], list[str], list[bool]]:
-    index = selection._index()
-    mask = selection._mask().tolist()
-    names = index.names
-    selected = [n for n, m in zip(names, mask) if m]
-    return selected, names, mask
+def _selected_and_others(res: Resolution) -> tuple[list[str], list[str], list[bool]]:
+    return res.names, res.index.names, res.mask.tolist()
 
 
-def _require_nonempty(selection: "Selection", selected: list[str]) -> None:
+def _require_nonempty(res: Resolution, selected: list[str]) -> None:
     if not selected:
         from targetsel.views.diagnose import explain_empty
 
-        raise EmptySelectionError(explain_empty(selection))
+        raise EmptySelectionError(explain_empty(res))
 
 
 def _check_exact(kind: str, matched: list[bool], mask: list[bool], names: list[str]) -> None:
@@ -62,15 +56,15 @@ def _check_exact(kind: str, matched: list[bool], mask: list[bool], names: list[s
     if wrong:
         # Point at a form built by other code than the one that failed.
         other = "form='suffixes' or form='list'" if kind == "regex" else "form='regex'"
-        raise TargetselError(
+        raise AssertionError(
             f"internal error: the {kind} form is not exact for {len(wrong)} module(s), e.g. {wrong[:3]}. "
             f"Please report this with the model; use {other} meanwhile."
         )
 
 
-def exact_regex(selection: "Selection") -> str:
-    selected, names, mask = _selected_and_others(selection)
-    _require_nonempty(selection, selected)
+def exact_regex(res: Resolution) -> str:
+    selected, names, mask = _selected_and_others(res)
+    _require_nonempty(res, selected)
     pattern = "^" + names_regex(selected) + "$"
     _check_exact("regex", regex_matches(pattern, names), mask, names)
     return pattern
@@ -96,17 +90,16 @@ def minimal_suffixes(selected: list[str], names: list[str], mask: list[bool]) ->
     return list(chosen)
 
 
-def _size(value) -> int:
+def size(value) -> int:
     return len(json.dumps(value if isinstance(value, str) else sorted(value)))
 
 
-def compile_targets(selection: "Selection", form: str = "auto", check_peft: bool = True) -> Union[str, list[str]]:
-    """The `target_modules` value for PEFT in the requested form, checked exact — by name and, with
-    `check_peft`, against what the installed PEFT does to target names on this model."""
+def candidate_forms(res: Resolution, form: str = "auto") -> list[Union[str, list[str]]]:
+    """Every exact `target_modules` value of the requested form, most readable first (by name only)."""
     if form not in FORMS:
         raise TargetselError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
-    selected, names, mask = _selected_and_others(selection)
-    _require_nonempty(selection, selected)
+    selected, names, mask = _selected_and_others(res)
+    _require_nonempty(res, selected)
     candidates: list[Union[str, list[str]]] = []
     if form in ("list", "auto"):
         matched = list_matches(selected, names)
@@ -134,59 +127,18 @@ def compile_targets(selection: "Selection", form: str = "auto", check_peft: bool
         pattern = "^" + names_regex(selected) + "$"
         _check_exact("regex", regex_matches(pattern, names), mask, names)
         candidates.append(pattern)
-    if check_peft:
-        candidates = _kept_by_peft(selection, candidates, form, selected)
+    return candidates
+
+
+def shortest(candidates: list) -> Union[str, list[str]]:
     # Shortest serialised form wins; on a tie the earlier (more readable) one.
-    return min(candidates, key=_size)
+    return min(candidates, key=size)
 
 
-def _kept_by_peft(selection: "Selection", candidates: list, form: str, selected: list[str]) -> list:
-    """The candidates PEFT matches as written on this model; ConfigError when it rewrites or rejects all."""
-    from targetsel.bridge.verify import peft_rewrites
+def compile_targets(res: Resolution, form: str = "auto") -> Union[str, list[str]]:
+    """The `target_modules` value for PEFT in the requested form, checked exact by name.
 
-    kept, refused = [], []
-    for value in candidates:
-        why = peft_rewrites(selection.model, value, selected)
-        if why is None:
-            kept.append(value)
-        else:
-            refused.append((value, why))
-    if kept:
-        return kept
-    value, why = min(refused, key=lambda pair: _size(pair[0]))
-    shown = json.dumps(value)
-    shown = shown if len(shown) <= 100 else shown[:99] + "…"
-    instead = _what_peft_adapts_instead(selection, value, selected)
-    if form == "auto":
-        advice = (
-            "No form targetsel can write survives that on this model: leave those modules out of the selection, "
-            "or target fused experts with .parameters()."
-        )
-    else:
-        advice = "Use form='auto', which picks a form PEFT keeps when there is one."
-    raise ConfigError(f"to_peft(form={form!r}) = {shown} is not what PEFT matches here: {why}{instead}. {advice}")
-
-
-def _what_peft_adapts_instead(selection: "Selection", value, selected: list[str]) -> str:
-    from peft import LoraConfig
-
-    from targetsel.text.grouping import summarize_names
-    from targetsel.bridge.verify import dry_run
-
-    try:
-        outcome = dry_run(selection.model, LoraConfig(target_modules=value))
-    except TargetselError:
-        return ""
-    if outcome.error is not None:
-        return ""
-    wanted, got = set(selected), set(outcome.modules)
-    parts = []
-    lost = [n for n in selected if n not in got]
-    extra = [n for n in outcome.modules if n not in wanted]
-    if lost:
-        parts.append(f"{len(lost)} selected module(s) would get no adapter ({summarize_names(lost, limit=3)})")
-    if extra:
-        parts.append(f"{len(extra)} unselected module(s) would get one ({summarize_names(extra, limit=3)})")
-    if outcome.parameters:
-        parts.append(f"{len(outcome.parameters)} fused parameter(s) would be adapted instead")
-    return "; so " + "; ".join(parts) if parts else ""
+    Whether the installed PEFT keeps the value as written is the bridge's question
+    (`targetsel.bridge.forms.targets_peft_keeps`); `Selection.to_peft()` asks it by default.
+    """
+    return shortest(candidate_forms(res, form))

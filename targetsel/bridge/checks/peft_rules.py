@@ -5,49 +5,36 @@ transformers-5 MoE conversion rewrites targets (shared experts and dense MLPs be
 parameters, a regex becomes bare leaf names), the Mamba guard and the conversion raise, the
 `modules_to_save` suffix rule wraps a target's parent, `ensure_weight_tying` and `layer_replication`
 add modules, `trainable_token_indices` adds token layers. Each rule here reads the `Injection` of
-the checked config (`_Subject.outcome`) and reports the difference with the modules that made it.
+the checked config (`Subject.outcome`) and reports the difference with the modules that made it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from targetsel.bridge.checks.registry import Finding, finding, rule
+from targetsel.bridge.checks.subject import REJECTED, SELECTED, Subject
+from targetsel.bridge.probe import probe_config
 from targetsel.text.grouping import short_repr
-
-if TYPE_CHECKING:
-    from targetsel.bridge.checks import Finding, _Subject
-
-# code → (severity, PEFT raises or crashes, summary); merged into checks.CODES.
-CODES = {
-    "peft-rejects": ("error", True, "get_peft_model would raise on this config and model (Mamba guard, MoE conversion, target conflicts)"),
-    "peft-rewrites-targets": ("error", False, "PEFT rewrites the targets before matching (its transformers-5 MoE conversion) and adapts something else"),
-    "parameter-and-module-target": ("error", True, "a parameter is targeted through target_parameters on a module that target_modules also adapts"),
-    "modules-to-save-wraps": ("error", True, "modules_to_save's suffix rule wraps a target or a module around one; adapter names change and reloading breaks"),
-    "peft-adds-targets": ("warning", False, "config fields (ensure_weight_tying, layer_replication) make PEFT adapt modules the targets do not name"),
-    "trainable-tokens": ("info", False, "trainable_token_indices adds trainable-token layers to embeddings"),
-}
 
 # Messages of errors other rules already explain (the method's dispatch, nested targets).
 _EXPLAINED_ELSEWHERE = ("is not supported", "Currently, only the following modules")
 
 
-def peft_rejects(s: "_Subject") -> list["Finding"]:
+@rule("peft-rejects", "error", peft_fails=True, runs_on=(SELECTED, REJECTED))
+def peft_rejects(s: Subject) -> list[Finding]:
+    """get_peft_model would raise on this config and model (Mamba guard, MoE conversion, target conflicts)."""
     outcome = s.outcome
-    if outcome is None or outcome.error is None:
+    if outcome is None:  # a selection: no dry run of a config to read, but the Mamba guard reads names
         return _mamba_guard(s)
+    if outcome.error is None:
+        return []
     if any(w in outcome.error for w in _EXPLAINED_ELSEWHERE) or "not a valid target" in outcome.error:
         return []  # unsupported-type / container-target / parameter-and-module-target say it better
-    from targetsel.bridge.checks import _finding
-
     fix = advice_for_peft_error(outcome.error)
-    return [_finding("peft-rejects", f"get_peft_model would raise {outcome.error.rstrip('.')}. {fix}", s, s.positions)]
+    return [finding("peft-rejects", f"get_peft_model would raise {outcome.error.rstrip('.')}. {fix}", s, s.positions)]
 
 
-def _mamba_guard(s: "_Subject") -> list["Finding"]:
-    """For a selection (no config outcome): PEFT's Mamba guard refuses some leaf names for LoRA."""
-    if s.from_config:
-        return []
-    from targetsel.bridge.checks import _finding
+def _mamba_guard(s: Subject) -> list[Finding]:
+    """For a selection: PEFT's Mamba guard refuses some leaf names for LoRA."""
     from targetsel.bridge.verify import peft_rewrites
 
     leaves = {}
@@ -57,7 +44,7 @@ def _mamba_guard(s: "_Subject") -> list["Finding"]:
     if why is None or "Mamba" not in why:
         return []
     hit = [i for leaf, ps in leaves.items() if leaf in ("out_proj", "conv1d") for i in ps]
-    return [_finding(
+    return [finding(
         "peft-rejects",
         f"{why.rstrip('.')}. {len(hit)} selected module(s): {s.grouped([s.index.names[i] for i in hit])}. "
         "Leave them out (- glob:**.out_proj - glob:**.conv1d).",
@@ -82,12 +69,13 @@ def advice_for_peft_error(error: str, *, selection: bool = False) -> str:
         "Change the targets or the config fields named above.")
 
 
-def peft_rewrites_targets(s: "_Subject") -> list["Finding"]:
-    """The MoE conversion: what the user's names match vs what PEFT adapts after rewriting them."""
+@rule("peft-rewrites-targets", "error")
+def peft_rewrites_targets(s: Subject) -> list[Finding]:
+    """PEFT rewrites the targets before matching (its transformers-5 MoE conversion) and adapts something else:
+    what the user's names match vs what PEFT adapts after rewriting them."""
     outcome = s.outcome
     if outcome is None or outcome.error is not None:
         return []
-    from targetsel.bridge.checks import _finding
     from targetsel.bridge.verify import name_matches
 
     as_written = name_matches(s.model, s.config, convert=False)
@@ -115,24 +103,23 @@ def peft_rewrites_targets(s: "_Subject") -> list["Finding"]:
         "experts with .parameters()."
     )
     positions = [s.index.position(n) for n in lost + extra]
-    return [_finding("peft-rewrites-targets", message, s, [p for p in positions if p])]
+    return [finding("peft-rewrites-targets", message, s, [p for p in positions if p])]
 
 
 def _as_written(targets):
     return sorted(targets) if isinstance(targets, (set, frozenset)) else targets
 
 
-def _added_by_fields(s: "_Subject", name: str) -> bool:
+def _added_by_fields(s: Subject, name: str) -> bool:
     return bool(getattr(s.config, "layer_replication", None) or getattr(s.config, "ensure_weight_tying", False))
 
 
-
-def parameter_and_module_target(s: "_Subject") -> list["Finding"]:
+@rule("parameter-and-module-target", "error", peft_fails=True)
+def parameter_and_module_target(s: Subject) -> list[Finding]:
+    """A parameter is targeted through target_parameters on a module that target_modules also adapts."""
     outcome = s.outcome
     if outcome is None or outcome.error is None or "not a valid target" not in outcome.error:
         return []
-    from targetsel.bridge.checks import _finding
-
     params = list(getattr(s.config, "target_parameters", None) or [])
     names = [s.index.names[i] for i in s.positions]
     both = [n for n in names if any(f"{n}.{p.rpartition('.')[2]}".endswith(p) for p in params)]
@@ -142,12 +129,13 @@ def parameter_and_module_target(s: "_Subject") -> list["Finding"]:
         + "; get_peft_model raises ValueError (a layer is either wrapped or has a parameter wrapped, not both). "
         "Drop those modules from target_modules or their parameters from target_parameters."
     )
-    return [_finding("parameter-and-module-target", message, s, [s.index.position(n) for n in both])]
+    return [finding("parameter-and-module-target", message, s, [s.index.position(n) for n in both])]
 
 
-def modules_to_save_wraps(s: "_Subject") -> list["Finding"]:
-    """`_set_trainable` wraps every module whose name ends with an entry — no dot boundary."""
-    from targetsel.bridge.checks import _finding
+@rule("modules-to-save-wraps", "error", peft_fails=True)
+def modules_to_save_wraps(s: Subject) -> list[Finding]:
+    """modules_to_save's suffix rule wraps a target or a module around one; adapter names change and reloading
+    breaks. (`_set_trainable` wraps every module whose name ends with an entry — no dot boundary.)"""
     from targetsel.bridge.verify import effective_modules_to_save
 
     entries = effective_modules_to_save(s.config)
@@ -177,25 +165,24 @@ def modules_to_save_wraps(s: "_Subject") -> list["Finding"]:
         "(…modules_to_save.default…), get_peft_model may raise, and the saved adapter does not reload onto the same "
         "modules. Rename the entry to the full module name, or leave those modules out of the targets."
     )
-    return [_finding("modules-to-save-wraps", message, s, hits)]
+    return [finding("modules-to-save-wraps", message, s, hits)]
 
 
-def _excluded_by_peft(s: "_Subject", entries: list[str]) -> set[int]:
+def _excluded_by_peft(s: Subject, entries: list[str]) -> set[int]:
     """Selected positions PEFT's matcher skips as modules_to_save (its dot-bounded rule)."""
     from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
 
-    from targetsel.bridge.checks import _probe_config
-
-    cfg = _probe_config(s.config, ".*")
+    cfg = probe_config(s.config, ".*")
     cfg.modules_to_save = list(entries)
     return {i for i in s.positions if isinstance(check_target_module_exists(cfg, s.index.names[i]), _ExcludedModule)}
 
 
-def peft_adds_targets(s: "_Subject") -> list["Finding"]:
+@rule("peft-adds-targets", "warning")
+def peft_adds_targets(s: Subject) -> list[Finding]:
+    """Config fields (ensure_weight_tying, layer_replication) make PEFT adapt modules the targets do not name."""
     outcome = s.outcome
     if outcome is None or outcome.error is not None:
         return []
-    from targetsel.bridge.checks import _finding
     from targetsel.bridge.verify import name_matches
 
     named = {s.index.names[i] for i in name_matches(s.model, s.config)}
@@ -210,20 +197,18 @@ def peft_adds_targets(s: "_Subject") -> list["Finding"]:
         + ("layer_replication copies layers before matching, so the targets match the copies too. " if "layer_replication" in fields else "")
         + "Expect them in the adapter; audit() after get_peft_model compares against this full set."
     )
-    return [_finding("peft-adds-targets", message, s, [])]
+    return [finding("peft-adds-targets", message, s, [])]
 
 
-def trainable_tokens(s: "_Subject") -> list["Finding"]:
+@rule("trainable-tokens", "info")
+def trainable_tokens(s: Subject) -> list[Finding]:
+    """trainable_token_indices adds trainable-token layers to embeddings."""
     outcome = s.outcome
     if outcome is None or not outcome.tokens:
         return []
-    from targetsel.bridge.checks import _finding
-
     message = (
         f"trainable_token_indices adds a trainable-token layer to {s.grouped(list(outcome.tokens), 3)}: those "
         "token rows train in full, beside the adapters; they are saved with the adapter."
     )
-    return [_finding("trainable-tokens", message, s, [])]
+    return [finding("trainable-tokens", message, s, [])]
 
-
-RULES = (peft_rejects, parameter_and_module_target, peft_rewrites_targets, modules_to_save_wraps, peft_adds_targets, trainable_tokens)

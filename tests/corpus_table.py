@@ -1,9 +1,9 @@
 """Print the README's corpus summary: architectures × queries, every compiled form judged by a real
 `get_peft_model` (tests/oracle.py) as exact / refused / wrong.
 
-    python benchmarks/corpus_table.py              # the full product, summary tables (markdown)
-    python benchmarks/corpus_table.py --wrong      # and every wrong case, grouped by cause
-    python benchmarks/corpus_table.py --jobs 2 --json outcomes.json
+    python tests/corpus_table.py              # the full product, summary tables (markdown)
+    python tests/corpus_table.py --wrong      # and every wrong case, grouped by cause
+    python tests/corpus_table.py --jobs 2 --json outcomes.json
 
 Exit status 1 when any form is wrong.
 """
@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script: the corpus and its judge sit beside it
 
 import corpus  # noqa: E402
 from test_corpus import JUDGED, VERDICTS, Outcome, all_cases, judge  # noqa: E402

@@ -1,0 +1,132 @@
+"""Many module names matched at once: string tests at C speed first, then one regex scan over the rest.
+
+`NameTable` holds the names of one model joined by "\\n" (built once per model index). `match`
+answers "which of these names does the regex find a match in" from the regex's `Shape`
+(regex_shape.py): an exact literal shape is answered by `str.startswith`/`endswith`/`in`/`==`
+alone; otherwise the literal filters drop the names that cannot match, and the `regex` engine runs
+once over the survivors joined by newlines — with the caller's time budget checked by the engine
+within each search and here between matches.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from itertools import accumulate, count
+from operator import add
+from typing import Callable, Optional
+
+import regex
+
+from targetsel.query.regex_shape import Shape
+
+
+class NameTable:
+    """The names of one model (positions are indices into `names`), joined once for bulk scans."""
+
+    __slots__ = ("names", "joined", "newline_free", "_line_of_end")
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.joined = "\n".join(names)
+        # A name holding "\n" would let a match span two names in the joined text: those tables
+        # are matched name by name (torch accepts any module name without a dot).
+        self.newline_free = self.joined.count("\n") == max(len(names) - 1, 0)
+        self._line_of_end: Optional[dict] = None
+
+    def line_of_end(self) -> dict:
+        """End offset of each name in `joined` → its position."""
+        if self._line_of_end is None:
+            self._line_of_end = _line_ends(self.names, range(len(self.names)))
+        return self._line_of_end
+
+
+def _line_ends(names: list[str], positions) -> dict:
+    return dict(zip(map(add, accumulate(map(len, names)), count()), positions))
+
+
+def _contains_test(texts: tuple) -> Callable[[str], bool]:
+    if len(texts) == 1:
+        text = texts[0]
+        return lambda name: text in name
+    # Literal alternatives only: the standard library's engine cannot backtrack badly on them.
+    return re.compile("|".join(map(re.escape, texts))).search  # type: ignore[return-value]
+
+
+def _filter(names: list[str], positions: list[int], kind: str, texts) -> list[int]:
+    if kind == "prefix":
+        texts = tuple(texts)
+        return [i for i in positions if names[i].startswith(texts)]
+    if kind == "suffix":
+        texts = tuple(texts)
+        return [i for i in positions if names[i].endswith(texts)]
+    if kind == "equal":
+        return [i for i in positions if names[i] in texts]
+    if "" in texts:
+        return list(positions)
+    test = _contains_test(tuple(sorted(texts)))
+    return [i for i in positions if test(names[i])]
+
+
+def _exact(names: list[str], positions: list[int], branches) -> list[int]:
+    """The names one of the literal branches (anchored at the start?, at the end?, texts) accepts."""
+    found: set[int] = set()
+    for lead, trail, texts in branches:
+        kind = "equal" if lead and trail else "prefix" if lead else "suffix" if trail else "contains"
+        hits = _filter(names, positions, kind, texts)
+        if len(branches) == 1:
+            return hits
+        found.update(hits)
+    return sorted(found)
+
+
+def compile_line_regex(found: Shape) -> "Optional[regex.Pattern[str]]":
+    flags = regex.VERSION0 | regex.MULTILINE
+    flags |= regex.IGNORECASE if found.ignore_case else 0
+    flags |= regex.ASCII if found.ascii else 0
+    try:
+        return regex.compile(found.line_regex, flags=flags)
+    except Exception:  # noqa: BLE001 - a rewrite the engine refuses: the caller matches name by name
+        return None
+
+
+def match(table: NameTable, positions: list[int], found: Shape, line_regex: "regex.Pattern[str]",
+          deadline: float) -> list[int]:
+    """The positions (a sorted subset of `positions`) whose name the regex of `found` searches
+    successfully. Raises TimeoutError past `deadline` (time.monotonic(); `math.inf`: no budget);
+    the engine's own errors pass."""
+    names = table.names
+    if found.branches is not None:
+        return _exact(names, positions, found.branches)
+    for kind, texts in found.filters:
+        positions = _filter(names, positions, kind, texts)
+        if not positions:
+            return []
+    if len(positions) == len(names):
+        text, line_of_end = table.joined, table.line_of_end()
+    else:
+        subset = list(map(names.__getitem__, positions))
+        text, line_of_end = "\n".join(subset), _line_ends(subset, positions)
+    kept: list[int] = []
+    last = -1
+    # The line regex ends in [^\n]*, so each match ends where its name ends: one dict lookup says which.
+    if deadline == math.inf:  # a trusted regex (a translated glob): no budget
+        for m in line_regex.finditer(text):
+            position = line_of_end[m.end()]
+            if position != last:
+                kept.append(position)
+                last = position
+        return kept
+    clock = time.monotonic
+    remaining = deadline - clock()
+    if remaining <= 0:
+        raise TimeoutError
+    for m in line_regex.finditer(text, timeout=remaining):
+        position = line_of_end[m.end()]
+        if position != last:
+            kept.append(position)
+            last = position
+        if clock() > deadline:  # the engine's timeout restarts at each match
+            raise TimeoutError
+    return kept
