@@ -31,7 +31,7 @@ from targetsel.cli import commands as cli
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "PYTHONHASHSEED": "0"}
 
 
-def run(*args, env=None, timeout=300):
+def run(*args, env=None, timeout=900):
     return subprocess.run([sys.executable, "-m", "targetsel", *args], capture_output=True, text=True,
                           env=env or ENV, timeout=timeout)
 
@@ -96,12 +96,12 @@ def write_config(tmp_path, data: dict, **files: str):
 # ---------------------------------------------------------------------------- --freeze / --unfreeze
 
 
-def test_check_reports_the_frozen_tower_only_once_the_tower_is_frozen(llava_dir, adapter_dir):
+def test_check_reports_the_frozen_tower_only_once_the_tower_is_frozen(llava_dir, adapter_dir, capsys):
     """The headline case: a config-built LLaVA has nothing frozen, so PEFT's q_proj/v_proj reaching into
     the CLIP tower is invisible — until --freeze replays what the trainer freezes."""
-    as_built = run("check", str(llava_dir), str(adapter_dir), "--format", "json")
-    assert as_built.returncode == 0, as_built.stderr
-    assert "frozen-target" not in [f["code"] for f in json.loads(as_built.stdout)["findings"]]
+    code, out, err = main(["check", str(llava_dir), str(adapter_dir), "--format", "json"], capsys)
+    assert code == 0, err
+    assert "frozen-target" not in [f["code"] for f in json.loads(out)["findings"]]
 
     frozen = run("check", str(llava_dir), str(adapter_dir / "adapter_config.json"), "--format", "json",
                  "--freeze", "under:vision_tower")
@@ -193,7 +193,7 @@ def test_freeze_errors(extra, message, capsys):
 # ---------------------------------------------------------------------------- show MODEL adapter_config.json
 
 
-def test_show_an_adapter_config_lists_what_peft_adapts_with_the_findings(adapter_dir):
+def test_show_an_adapter_config_lists_what_peft_adapts_with_the_findings(adapter_dir, capsys):
     table = run("show", "demo", str(adapter_dir))
     assert table.returncode == 0, table.stderr  # warnings only
     model = models.demo()
@@ -211,7 +211,9 @@ def test_show_an_adapter_config_lists_what_peft_adapts_with_the_findings(adapter
     assert "warning [subclass-target]" in table.stdout
     assert lines[-1] == "0 errors, 3 warnings, 0 info"
 
-    data = json.loads(run("show", "demo", str(adapter_dir / "adapter_config.json"), "--format", "json", "--rank", "4").stdout)
+    code, out, err = main(["show", "demo", str(adapter_dir / "adapter_config.json"), "--format", "json", "--rank", "4"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
     assert data["names"] == adapted and data["count"] == 20
     assert data["target_modules"] == ["q_proj", "v_proj"] and data["peft_type"] == "LORA"
     assert [g["count"] for g in data["groups"]] == [8, 12]
@@ -378,7 +380,7 @@ def test_trust_remote_code_builds_the_models_own_class(tmp_path):
     assert [g["class"] for g in data["groups"]] == ["PLoRA", "Linear", "Linear"]
 
 
-def test_a_known_model_type_whose_class_is_remote_code(tmp_path, llama_json):
+def test_a_known_model_type_whose_class_is_remote_code(tmp_path, llama_json, capsys):
     """model_type llama (transformers has the config) but architectures names the model's own class:
     without the flag the error names the auto_map entry; with it, that class is built."""
     data = {**llama_json, "architectures": ["TinyRemoteForCausalLM"],
@@ -387,11 +389,10 @@ def test_a_known_model_type_whose_class_is_remote_code(tmp_path, llama_json):
     model_dir.mkdir()
     write_config(model_dir, data, configuration_tinyremote=REMOTE_CONFIG, modeling_tinyremote=REMOTE_MODEL)
     env = {**ENV, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    refused = run("show", str(model_dir), env=env)
-    assert refused.returncode == 2
-    assert ("names architectures 'TinyRemoteForCausalLM', which transformers" in refused.stderr
-            and "auto_map AutoModelForCausalLM → modeling_tinyremote.TinyRemoteForCausalLM): pass --trust-remote-code"
-            in refused.stderr)
+    code, out, err = main(["show", str(model_dir)], capsys)  # in-process: without the flag no code runs
+    assert code == 2 and out == ""
+    assert "names architectures 'TinyRemoteForCausalLM', which transformers" in err
+    assert "auto_map AutoModelForCausalLM → modeling_tinyremote.TinyRemoteForCausalLM): pass --trust-remote-code" in err
     built = run("show", str(model_dir), "type:PLoRA", "--format", "list", "--trust-remote-code", env=env)
     assert built.returncode == 0, built.stderr
     assert built.stdout.splitlines() == ["backbone.blocks.0.wqkv", "backbone.blocks.1.wqkv"]
@@ -478,13 +479,20 @@ def test_unreachable_hub_fails_at_once_in_one_line(tmp_path, spec, changes, frag
         else:
             env[key] = value
     start = time.perf_counter()
-    result = run("show", spec, env=env, timeout=120)
+    result = run("show", spec, env=env)
     elapsed = time.perf_counter() - start
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1, result.stderr  # one line: no retry warnings, no traceback
     for fragment in fragments:
         assert fragment in result.stderr
-    assert elapsed < 15, f"{elapsed:.1f} s"  # about a second; generous for a busy machine
+    # About a second. The bound is generous and relative: what it catches is huggingface_hub's retry
+    # loop (23 s of sleeps, which no machine load shortens), not a slow start on a busy machine; the
+    # benchmark (benchmarks/cli_timings.py) reports the real figure.
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import huggingface_hub.file_download, targetsel.cli.commands"],
+                   env=env, capture_output=True, timeout=900)
+    baseline = time.perf_counter() - start
+    assert elapsed - baseline < 15, f"{elapsed:.1f} s (a process importing the same: {baseline:.1f} s)"
 
 
 # ---------------------------------------------------------------------------- start-up

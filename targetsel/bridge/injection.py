@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from targetsel.model.hooks import throwaway_models
 from targetsel.model.quantized import meta_parameter
 
 
@@ -136,7 +137,7 @@ def _inject(model: nn.Module, config: Any):
     """`get_peft_model` on a skeleton: (peft_model or None, "Type: message" or None, warnings)."""
     from peft import get_peft_model
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, throwaway_models():  # a skeleton: no user model changes
         warnings.simplefilter("always")
         try:
             peft_model = get_peft_model(skeleton(model), copy.deepcopy(config), low_cpu_mem_usage=True)
@@ -260,7 +261,7 @@ def _reloads(model: nn.Module, peft_model, adapted: dict) -> bool:
         saved_keys = keys(peft_model)
     except Exception:  # PEFT cannot even collect the adapter's weights
         return False
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings(), throwaway_models():
         warnings.simplefilter("ignore")
         try:
             peft_model.peft_config["default"].save_pretrained(folder)

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from targetsel.model.hooks import throwaway_models
 from targetsel.model.classes import is_linear_class
 from targetsel.model.quantized import meta_parameter
 
@@ -101,10 +102,15 @@ def _static_supported(cls: type) -> bool:
 def probe(module: nn.Module, config, model: Optional[nn.Module] = None) -> Probe:
     """Ask PEFT whether `config`'s method can wrap `module`, on a meta copy inside a one-module model
     that carries `model`'s loading flags (`is_loaded_in_4bit`, …), as PEFT's dispatch reads them."""
+    cls = type(module)
+    with throwaway_models():  # the holder and its copy are ours alone: no index needs to look again
+        return _probe(module, config, model, cls)
+
+
+def _probe(module: nn.Module, config, model: Optional[nn.Module], cls: type) -> Probe:
     from peft import inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    cls = type(module)
     try:
         holder = nn.Module()
         for flag in _MODEL_FLAGS:

@@ -152,14 +152,12 @@ def _validate(quantizer) -> bool:
 def _preprocess(quantizer, model) -> None:
     import torch
 
-    from targetsel.cli.loading import skip_init
-
     offered = {"model": model, "dtype": getattr(model, "dtype", None) or torch.bfloat16, "device_map": {"": "cpu"},
                "checkpoint_files": None, "use_kernels": False, "keep_in_fp32_modules": None}
     params = inspect.signature(quantizer.preprocess_model).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in offered.items() if k == "model" or takes_any or k in params}
-    with torch.device("meta"), skip_init():
+    with torch.device("meta"):
         quantizer.preprocess_model(**kwargs)
     # What transformers sets once the weights are in (`_process_model_after_weight_loading`,
     # `postprocess_model`), and PEFT's dispatch reads: the loading flags and the parsed config.

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from targetsel.model.arrays import long_tensor
 from targetsel.model.threads import single_threaded
 
 
@@ -39,7 +40,7 @@ def find_blocks(index) -> Blocks:
     length_t = torch.full((n,), -1, dtype=torch.long)
     if lengths:
         names, parents, ends = index.names, index.parents, index.ends
-        parents_t = torch.tensor(parents[1:], dtype=torch.long)
+        parents_t = long_tensor(parents)[1:]
         candidates = (torch.isin(parents_t, torch.tensor(list(lengths), dtype=torch.long)).nonzero().flatten() + 1).tolist()
         # The outermost numbered block wins (layers.3.mlp.experts.7 is in block 3): in preorder, a
         # block root inside the previous one's subtree is skipped, so a slice per outer block suffices.
@@ -62,9 +63,9 @@ def _container_lengths(index) -> dict[int, int]:
     """Block container position → its number of numbered children."""
     lengths: dict[int, int] = {}
     list_types = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
-    for i, (m, kids) in enumerate(zip(index.modules, index.n_children)):
-        if not kids:
-            continue
+    modules = index.modules
+    for i in (~index.leaf_mask()).nonzero().flatten().tolist():  # modules with children, not all 60k
+        m = modules[i]
         if isinstance(m, list_types):
             digits = sum(1 for k, v in m._modules.items() if v is not None and is_number(k))
         elif is_number(next(iter(m._modules))):  # other modules count only when every child is numbered

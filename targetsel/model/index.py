@@ -16,16 +16,19 @@ what other modules of the model layer derive from it (the linear family, compone
 
 from __future__ import annotations
 
+import functools
 import operator
 import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain, compress
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from targetsel.errors import NotAModuleError
+from targetsel.model.arrays import bool_tensor, long_tensor
 from targetsel.model.blocks import Blocks, find_blocks
 from targetsel.model.classes import is_tuner_class
 from targetsel.model.hooks import current_generation
@@ -36,6 +39,8 @@ from targetsel.model.walk import walk
 
 _cache: "weakref.WeakKeyDictionary[nn.Module, ModelIndex]" = weakref.WeakKeyDictionary()
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
+_MODULES, _PARAMETERS = operator.attrgetter("_modules"), operator.attrgetter("_parameters")
+_NOT_NONE = functools.partial(operator.is_not, None)
 
 
 @dataclass(eq=False)
@@ -106,14 +111,14 @@ class ModelIndex:
 
     @cached_property
     def _ends_t(self) -> torch.Tensor:
-        return torch.tensor(self.ends, dtype=torch.long)
+        return long_tensor(self.ends)
 
     def leaf_mask(self) -> torch.Tensor:
         return self._leaf_t
 
     @cached_property
     def _leaf_t(self) -> torch.Tensor:
-        return torch.tensor([c == 0 for c in self.n_children], dtype=torch.bool)
+        return long_tensor(self.n_children) == 0
 
     def class_mask(self, predicate) -> torch.Tensor:
         """Modules whose class satisfies `predicate(cls)` (evaluated once per distinct class)."""
@@ -125,7 +130,7 @@ class ModelIndex:
 
     @cached_property
     def _class_ids_t(self) -> torch.Tensor:
-        return torch.tensor(self.class_ids, dtype=torch.long)
+        return long_tensor(self.class_ids)
 
     def class_names(self) -> list[str]:
         """Every class name present in the model, including base classes (for suggestions)."""
@@ -164,8 +169,7 @@ class ModelIndex:
     @cached_property
     def registrations(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`reg_pos`, `reg_param`, `reg_sign` as tensors."""
-        return (torch.tensor(self.reg_pos, dtype=torch.long), torch.tensor(self.reg_param, dtype=torch.long),
-                torch.tensor(self.reg_sign, dtype=torch.float64))
+        return long_tensor(self.reg_pos), long_tensor(self.reg_param), long_tensor(self.reg_sign).to(torch.float64)
 
     # Until views/display.py reads `registrations`:
     def _reg_pos_t(self):
@@ -196,7 +200,7 @@ class ModelIndex:
 
     def requires_grad_vector(self) -> torch.Tensor:
         """`requires_grad` of every distinct parameter, read now (never cached)."""
-        return torch.tensor(list(map(_REQUIRES_GRAD, self.params)), dtype=torch.bool)
+        return bool_tensor(map(_REQUIRES_GRAD, self.params))
 
     @single_threaded
     def grad_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,16 +301,15 @@ class ModelIndex:
         # After a registration somewhere (often in another model): leaves must still be leaves
         # (containers were compared above) and every module must hold the same parameter objects,
         # in the same order. Reads the live tree against what the build recorded, so the build
-        # itself needs no per-module copies.
-        known = self._param_pos
-        expected = iter(self._own_params)
-        for module, n_kids in zip(self.modules, self.n_children):
-            if not n_kids and module._modules:
-                return False
-            for p in module._parameters.values():
-                if p is not None and known.get(id(p), -1) != next(expected, -2):
-                    return False
-        return next(expected, None) is None
+        # itself needs no per-module copies; map/filter/chain keep the 60k-module loop in C.
+        if any(map(len, map(_MODULES, self._leaves))):
+            return False
+        held = filter(_NOT_NONE, chain.from_iterable(map(dict.values, map(_PARAMETERS, self.modules))))
+        return list(map(self._param_pos.get, map(id, held))) == self._own_params
+
+    @cached_property
+    def _leaves(self) -> list[nn.Module]:
+        return list(compress(self.modules, map(operator.not_, self.n_children)))
 
 
 @single_threaded

@@ -17,7 +17,7 @@ A candidate is a projector when
 3. it feeds a projector of rule 1/2 (registered before it, output width = that projector's input
    width): the hidden layers of a two-stage projector (Qwen3-Omni's `proj1` before `proj2`, a
    Q-Former before `language_projection`). Inside a tower only a layer that reads the tower's
-   own width counts, so the tower's convolutional front end does not.
+   own width counts (the hidden layer of a projector MLP), so its front end and neck do not.
 
 Candidates are (a) the children of the modules holding a tower or the language model that are
 neither (outside the language model; those that fail the test are in no component: a vocoder, a
@@ -111,7 +111,7 @@ class Shapes:
         outs = [b] if b_known else list(self._io[last][:2])
         return [(x, y) for x in ins for y in outs]
 
-    def first_is_embedding(self, i: int) -> bool:
+    def is_table(self, i: int) -> bool:
         """Is module i an embedding table (nothing but lookups)?"""
         lo, hi = self._range(i)
         return lo < hi and all(self._table[lo:hi])
@@ -176,7 +176,7 @@ def feeders(index, shapes: Shapes, candidates, projectors, reads: Optional[int] 
     for p in sorted(projectors, reverse=True):
         while True:
             prev = _previous_sibling(index, p, counts)
-            if prev is None or prev in found or prev not in candidates or shapes.first_is_embedding(prev):
+            if prev is None or prev in found or prev not in candidates or shapes.is_table(prev):
                 break
             a, b = shapes.io(prev)
             if b is None or b != shapes.io(p)[0]:
@@ -232,7 +232,7 @@ def tower_tail(index, shapes: Shapes, tower: int, widths: set, tower_width: Opti
     last = stack if stack is not None else -1
     kids = [i for i in range(tower + 1, ends[tower]) if index.parents[i] == tower]
     cands = [i for i in kids if not shapes.has_stack(i, main) and shapes.io(i)[1] is not None
-             and not shapes.first_is_embedding(i)]
+             and not shapes.is_table(i)]
     wide = tower_width is not None and tower_width in widths
     direct = [c for c in cands if maps_into(shapes, index.names, c, widths, wide_source=wide) and (not wide or c > last)]
     if not direct or tower_width is None or wide:

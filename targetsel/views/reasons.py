@@ -55,10 +55,10 @@ class _Flag:
             text = f"{g} of {t} parameters require grad"
             if g == 0:
                 root = frozen_root(index, pos, total, requiring)
-                if root != pos:
-                    text += f" (inside the frozen {index.names[root]})"
-                elif bool(quantized_mask(index)[pos]):
+                if bool(quantized_mask(index)[pos]):
                     text += " (a quantized layer: its packed weight never requires grad)"
+                elif root != pos:
+                    text += f" (inside the frozen {index.names[root]})"
             return text
         if kind == "linear":
             shape = shape_of(module)
