@@ -71,14 +71,17 @@ def __dir__():
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ serves these names
     from targetsel.bridge.adapter_check import AdapterReport, check_adapter
     from targetsel.bridge.audit import Audit, audit
+    from targetsel.bridge.callback import TargetselCallback
     from targetsel.bridge.checks import Finding, check
     from targetsel.bridge.injection import Injection
     from targetsel.bridge.patch import patch
     from targetsel.bridge.verify import dry_run, verify
     from targetsel.errors import (
+        AuditError,
         AdapterFileError,
         ConfigError,
         EmptySelectionError,
+        ExportError,
         LayerSpecError,
         ModelLoadError,
         ModelMismatchError,

@@ -272,6 +272,14 @@ class Selection(Bound):
         res.remember()
         return snapshot(res)
 
+    def show(self, r: int = 16, *, file=None) -> None:
+        """Print the grouped table once: on rank 0 when torch.distributed is initialised, else here."""
+        from targetsel.model.ranks import is_main_process, print_once
+        from targetsel.views.display import render_text
+
+        if is_main_process():
+            print_once(self.stale_note() or render_text(self.resolution(), r=r), file=file)
+
     def __repr__(self) -> str:
         from targetsel.views.display import render_text
 

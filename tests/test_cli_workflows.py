@@ -502,7 +502,8 @@ def test_help_and_version_do_not_import_torch():
     code = (
         "import sys, contextlib, io\n"
         "from targetsel.cli import main\n"
-        "for argv in (['--version'], ['--help'], ['show', '--help'], ['check', '--help']):\n"
+        "for argv in (['--version'], ['--help'], ['show', '--help'], ['check', '--help'], ['patch', '--help'],\n"
+        "             ['export', '--help'], ['check-adapter', '--help']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()):\n"
         "        try:\n"
         "            main(argv)\n"
@@ -513,6 +514,13 @@ def test_help_and_version_do_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_export_verb_names_every_trainer_without_importing_them():
+    from targetsel.bridge.exports import TRAINERS
+    from targetsel.cli import export_cmd
+
+    assert export_cmd.TRAINER_NAMES == TRAINERS
 
 
 def test_help_documents_the_model_options():

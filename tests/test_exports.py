@@ -35,12 +35,10 @@ CASES = [
     ("demo", "linear & trainable - type:PLoRA - under:(type:PLoRA)", None, {}),
     ("demo", "glob:vision_tower.**.{q,v}_proj", None, {}),
     ("llava", "linear & trainable", None, {}),
-    ("llava", "linear & frozen", None, {}),
     ("llava", "glob:**.{q,v}_proj", None, {}),
     ("llava_substring_trap", "glob:**.layers.0.mlp.down_proj", None, {"llamafactory": SUBSTRING}),
     ("llava_substring_trap", "glob:**.mlp.down_proj*", None, {}),
     ("qwen2_vl", "glob:**.patch_embed.proj", None, {"llamafactory": CONFLICT}),
-    ("qwen2_vl", "linear & under:model.language_model", None, {}),
     ("qwen3_moe", "glob:**.self_attn.{q,v}_proj", ("glob:**.mlp.experts", "gate_up_proj$"), {"llamafactory": NO_PARAMETERS}),
     ("qwen3_moe", None, ("glob:**.mlp.experts", None), {"llamafactory": NO_PARAMETERS}),
     ("per_expert_moe", "glob:**.q_proj | glob:**.shared.down_proj", None, {}),
@@ -302,6 +300,13 @@ def test_bad_arguments(index):
         call()
 
 
+def test_malformed_ranks_are_patchs_config_error():
+    from targetsel import ConfigError
+
+    with pytest.raises(ConfigError, match="maps sub-selections"):
+        export(select(shared("suffix_trap"), "glob:block.attn.q_proj"), "peft", ranks=[16])
+
+
 def test_empty_selection_is_patchs_preflight_error():
     from targetsel import EmptySelectionError
 
@@ -314,11 +319,18 @@ def test_empty_selection_is_patchs_preflight_error():
     (lambda keys, model: {"target_modules": ["nothing_here"]}, "get_peft_model would raise NoMatchingPeftModuleError"),
     (lambda keys, model: {"target_modules": ["q_proj"], "modules_to_save": ["block.out"]}, "would be trained in full"),
     (lambda keys, model: {"target_modules": ["q_proj"]}, "1 unselected module(s) would get one (attn.q_proj)"),
+    (lambda keys, model: {"target_modules": ["out"]}, "1 selected module(s) would get no adapter (block.attn.q_proj)"),
 ])
 def test_the_judge_says_what_goes_wrong(expansion, message):
     request = build_request("peft", select(shared("suffix_trap"), "glob:block.attn.q_proj"), None, None, None)
     assert message in judge(request, {}, [expansion])
     assert judge(request, {}, [lambda keys, model: {"target_modules": ["block.attn.q_proj"]}]) is None
+
+
+def test_the_judge_names_trainable_token_layers():
+    request = build_request("peft", select(shared("embed_tokens"), "glob:**.q_proj"), None, None, None)
+    expansion = lambda keys, model: {"target_modules": ["q_proj"], "trainable_token_indices": {"embed_tokens": [0]}}  # noqa: E731
+    assert "model.embed_tokens would get trainable-token layers" in judge(request, {}, [expansion])
 
 
 def test_a_replay_refusal_reaches_the_judge():

@@ -145,13 +145,16 @@ def test_layers_to_transform_with_a_suffix_list_raises():
 
 
 # The one list of match-changing fields (bridge/match_fields.py), read by patch() and check().
-_FIELDS = dict(exclude_modules=["a"], layers_to_transform=[0], layers_pattern="layers", ensure_weight_tying=True)
+_HAS_TYING = "ensure_weight_tying" in LoraConfig.__dataclass_fields__  # peft >= 0.18
+_FIELDS = dict(exclude_modules=["a"], layers_to_transform=[0], layers_pattern="layers",
+               **({"ensure_weight_tying": True} if _HAS_TYING else {}))
 
 
 @pytest.mark.parametrize("config, removing_only, groups", [
     (LoraConfig(), False, []),
     (LoraConfig(exclude_modules=[], modules_to_save=[], layers_to_transform=None), False, []),
-    (LoraConfig(**_FIELDS), False, [("exclude_modules",), ("layers_to_transform", "layers_pattern"), ("ensure_weight_tying",)]),
+    (LoraConfig(**_FIELDS), False, [("exclude_modules",), ("layers_to_transform", "layers_pattern"),
+                                    *([("ensure_weight_tying",)] if _HAS_TYING else [])]),
     (LoraConfig(**_FIELDS), True, [("exclude_modules",), ("layers_to_transform", "layers_pattern")]),
     (LoraConfig(target_parameters=["experts.gate_up_proj"]), False, [("target_parameters",)]),
 ])
@@ -161,6 +164,7 @@ def test_match_changing_fields_of_a_config(config, removing_only, groups):
     assert set_fields(config, removing_only=removing_only) == groups
 
 
+@pytest.mark.skipif(not _HAS_TYING, reason="peft < 0.18 has no ensure_weight_tying")
 def test_clearing_fields_copies_the_config():
     from targetsel.bridge.match_fields import without
 

@@ -18,6 +18,11 @@ from targetsel import audit, check_lock, patch, select, verify
 from targetsel.bridge.verify import verify_parameters
 
 SAFE_QUERY = "linear & trainable - type:PLoRA - under:(type:PLoRA)"  # the demo's LoRA-safe layers
+# Fused 3-D expert weights (`experts.gate_up_proj` as one nn.Parameter) exist from transformers 5;
+# transformers 4.x builds one module per expert (the older-stack CI pass, .ci/run).
+needs_fused_experts = pytest.mark.skipif(
+    int(__import__("transformers").__version__.split(".")[0]) < 5,
+    reason="transformers < 5 has no fused expert parameters")
 
 
 def tiny_moe(arch="mixtral", **extra):
@@ -43,6 +48,7 @@ FUSED = [
 ]
 
 
+@needs_fused_experts
 @pytest.mark.parametrize("arch, extra, query, pattern", FUSED, ids=[f"{a}-{q}-{p}" for a, _, q, p in FUSED])
 def test_fused_expert_parameters_are_targeted_exactly(arch, extra, query, pattern):
     model = tiny_moe(arch, **extra)
@@ -67,6 +73,7 @@ def test_fused_expert_parameters_are_targeted_exactly(arch, extra, query, patter
     assert audit(peft_model, psel).ok  # every selected parameter adapted, nothing else
 
 
+@needs_fused_experts
 def test_parameters_on_top_of_patched_modules_keep_both():
     model = tiny_moe(num_local_experts=4)
     modules = select(model, "linear & glob:**.self_attn.*")

@@ -1,4 +1,4 @@
-"""check() findings judged by a dry run of PEFT (targetsel/peft_rules.py), and dry_run()'s own
+"""check() findings judged by a dry run of PEFT (targetsel/bridge/checks/peft_rules.py), and dry_run()'s own
 contract: every code fires on the case it names and stays silent on its near miss, and each
 finding is confirmed by a real get_peft_model where PEFT's behaviour is the claim."""
 

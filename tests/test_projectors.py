@@ -117,12 +117,12 @@ def test_projector_rules(case, kwargs, expected):
     assert roots["vision"] == ["vision_tower"] and roots["language"] == ["language_model"] and roots["head"] == ["lm_head"]
 
 
-def test_without_any_width_the_parts_between_tower_and_lm_are_the_projector():
+def test_without_an_embedding_the_width_is_the_language_models_blocks():
     with torch.device("meta"):
-        model = Toy(parts=[("blob", L(3, 5))], embedding=False)
+        model = Toy(parts=[("blob", L(TW, W)), ("other", L(3, 5))], embedding=False)
     roots = component_roots(get_index(model))
     assert roots["projector"] == ["blob"] and roots["language"] == ["language_model"]
-    assert roots["head"] == []  # no input embedding, no getter: no head
+    assert roots["head"] == []  # no getter answers: no head, and lm_head is no projector either
 
 
 class Shared(nn.Module):

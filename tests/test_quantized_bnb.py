@@ -156,6 +156,8 @@ def test_frozen_tower_of_a_quantized_vlm_is_still_reported(checkpoints):
     assert set(by_code) == {"frozen-target", "quantized-base"}
     assert set(by_code["frozen-target"].modules) == set(tower.names())
     assert "inside the frozen model.vision_tower" in by_code["frozen-target"].message
+    assert "- under:model.vision_tower (not & trainable: that also drops the 14 quantized layers" in by_code[
+        "frozen-target"].message  # `trainable` would empty a QLoRA selection
     assert not set(by_code["quantized-base"].modules) & set(tower.names())
     # everything frozen (prepare_model_for_kbit_training freezes the whole base): the QLoRA set-up, info only
     model.requires_grad_(False)

@@ -64,22 +64,24 @@ def test_the_docs_table_states_each_family():
             assert f"{since[0]}.{since[1]}" in row and (until is None or f"< {until[0]}.{until[1]}" in row), row
 
 
-# Where the installed PEFT dispatches each family (peft/tuners/lora/<module>.py) and what its code tests for.
+# Where the installed PEFT dispatches each family (peft/tuners/lora/<module>.py).
 DISPATCH = {
-    "bnb-8bit": ("bnb", "dispatch_bnb_8bit", "Linear8bitLt"), "bnb-4bit": ("bnb", "dispatch_bnb_4bit", "Linear4bit"),
-    "eetq": ("eetq", "dispatch_eetq", "eetq_classes"), "eetq-transformers": ("eetq", "dispatch_eetq", "eetq_classes"),
-    "aqlm": ("aqlm", "dispatch_aqlm", "QuantizedLinear"), "awq-gptqmodel": ("awq", "dispatch_awq", "awq_layer"),
-    "gptq-gptqmodel": ("gptq", "dispatch_gptq", "BaseQuantLinear"), "hqq": ("hqq", "dispatch_hqq", "HQQLinear"),
-    "inc": ("inc", "dispatch_inc", "PatchedLinear"), "torchao": ("torchao", "dispatch_torchao", "TorchAOBaseTensor"),
-    "te": ("te", "dispatch_transformer_engine", "LayerNormMLP"),
+    "bnb-8bit": ("bnb", "dispatch_bnb_8bit"), "bnb-4bit": ("bnb", "dispatch_bnb_4bit"), "eetq": ("eetq", "dispatch_eetq"),
+    "eetq-transformers": ("eetq", "dispatch_eetq"), "aqlm": ("aqlm", "dispatch_aqlm"), "awq-gptqmodel": ("awq", "dispatch_awq"),
+    "awq-autoawq": ("awq", "dispatch_awq"), "gptq-gptqmodel": ("gptq", "dispatch_gptq"),
+    "gptq-autogptq": ("gptq", "dispatch_gptq"), "hqq": ("hqq", "dispatch_hqq"), "inc": ("inc", "dispatch_inc"),
+    "torchao": ("torchao", "dispatch_torchao"), "te": ("te", "dispatch_transformer_engine"),
 }
+# What the dispatcher tests, where that is not one of the family's class names.
+NEEDLES = {"eetq": ("EetqLinear", "eetq_classes"), "eetq-transformers": ("eetq_classes",), "awq-gptqmodel": ("awq_layer", "AwqGEMMQuantLinear"),
+           "gptq-autogptq": ("get_auto_gptq_quant_linear",)}
 
 
 @pytest.mark.parametrize("family", [f for f in (*FAMILIES, TORCHAO) if f.wraps()], ids=lambda f: f.key)
 def test_the_installed_peft_dispatches_each_family_it_is_said_to_wrap(family):
-    module_name, dispatcher, needle = DISPATCH[family.key]
+    module_name, dispatcher = DISPATCH[family.key]
     source = inspect.getsource(getattr(importlib.import_module(f"peft.tuners.lora.{module_name}"), dispatcher))
-    assert needle in source
+    assert any(needle in source for needle in NEEDLES.get(family.key, family.classes)), source
     assert family.wrapper.rsplit(".", 1)[1] in inspect.getsource(importlib.import_module(f"peft.tuners.lora.{module_name}"))
     dispatchers = inspect.getsource(importlib.import_module("peft.tuners.lora.model").LoraModel._create_new_module)
     assert dispatcher in dispatchers
@@ -143,34 +145,58 @@ def _llava_base():
 
 BNB4 = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
 BUILT = [
-    # (id, base, quantization_config, class → count, modules left in full precision)
-    ("bnb-4bit-skip", None, {**BNB4, "llm_int8_skip_modules": ["down_proj"]}, {"Linear4bit": 13},
-     ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]),
-    ("bnb-8bit", None, {"quant_method": "bitsandbytes", "load_in_8bit": True}, {"Linear8bitLt": 14}, ["lm_head"]),
+    # (id, base, quantization_config, quantized class, left in full precision, quantized) — queries on the float model
+    ("bnb-4bit-skip", None, {**BNB4, "llm_int8_skip_modules": ["down_proj"]}, "Linear4bit",
+     "glob:**.down_proj", "linear - glob:**.down_proj"),
+    ("bnb-8bit", None, {"quant_method": "bitsandbytes", "load_in_8bit": True}, "Linear8bitLt", "glob:lm_head", "linear"),
     ("llava-bnb-4bit", "llava", {**BNB4, "llm_int8_skip_modules": ["model.vision_tower", "model.multi_modal_projector"]},
-     {"Linear4bit": 15}, ["model.vision_tower.encoder.layers.0.self_attn.k_proj", "model.multi_modal_projector.linear_2"]),
+     "Linear4bit", "linear & (under:vision_tower | under:multi_modal_projector)", "linear & under:language_model"),
     ("fp8", None, {"quant_method": "fp8", "weight_block_size": [32, 32], "modules_to_not_convert": ["gate_proj"]},
-     {"FP8Linear": 13}, ["model.layers.0.mlp.gate_proj", "model.layers.1.mlp.gate_proj"]),
+     "FP8Linear", "glob:**.gate_proj", "linear - glob:**.gate_proj"),
 ]
 
 
-@pytest.mark.parametrize("case, base, qc, classes, full", BUILT, ids=[b[0] for b in BUILT])
-def test_config_json_builds_as_its_checkpoint_loads(tmp_path, case, base, qc, classes, full):
+@pytest.mark.parametrize("case, base, qc, qclass, kept, converted", BUILT, ids=[b[0] for b in BUILT])
+def test_config_json_builds_as_its_checkpoint_loads(tmp_path, case, base, qc, qclass, kept, converted):
+    """transformers' quantizer installs its classes on meta; the skip lists keep what they name in full precision."""
     if "bnb" in case and not HAS_BNB:
         pytest.skip("bitsandbytes is not installed")
+    import torch
+
     from targetsel.cli.loading import load_model
 
     directory = _config_dir(tmp_path, qc, _llava_base() if base == "llava" else None)
     float_model = load_model(str(directory), quantize=False)
     model = load_model(str(directory))
     build = quantize_as_loaded(load_model(str(directory), quantize=False), str(directory))
-    assert build.quantized and build.classes == classes
-    present = {type(m).__name__ for m in model.modules()}
-    assert set(classes) <= present and not set(classes) & {type(m).__name__ for m in float_model.modules()}
-    assert set(full) <= set(build.full_precision)
-    assert not set(build.full_precision) & set(select(model, "quantized").names())
+    if case == "fp8" and not build.quantized:  # transformers 4.x's FP8 layers import triton (GPU only)
+        assert "needs a package that is not installed here" in build.note and "triton" in build.note
+        pytest.skip(f"this transformers cannot build FP8 layers here: {build.note}")
+    assert build.quantized and set(build.classes) == {qclass}
+    quantized = select(model, "quantized").names()
+    assert {type(m).__name__ for m in select(model, "quantized").modules().values()} == {qclass}
+    assert not select(float_model, "quantized").names()
+    kept_names, converted_names = select(float_model, kept).names(), select(float_model, converted).names()
+    assert kept_names and converted_names
+    assert set(kept_names) <= set(build.full_precision) and not set(kept_names) & set(quantized)
+    assert set(converted_names) <= set(quantized)
     assert [n for n, _ in model.named_modules()] == [n for n, _ in float_model.named_modules()]  # same names
-    assert f"{sum(classes.values())} {next(iter(classes))}" in build.note and "--no-quantize" in build.note
+    assert f"{sum(build.classes.values())} {qclass}" in build.note and "--no-quantize" in build.note
+    if case == "fp8" and not torch.cuda.is_available():  # transformers would not load FP8 weights here as FP8
+        assert "a GPU load has the fp8 layers shown" in build.note
+
+
+def test_a_quantizer_that_fails_half_way_is_an_error_not_a_half_built_model():
+    """A factory model (not a transformers PreTrainedModel) whose config asks for 4-bit: transformers'
+    quantizer cannot prepare it, and the error says so instead of showing a half-converted model."""
+    from torch import nn
+    from transformers import LlamaConfig
+
+    model = nn.Sequential(nn.Linear(64, 64))
+    model.config = LlamaConfig(quantization_config=BNB4)
+    with pytest.raises(ts.ModelLoadError, match=r"^cannot build cfg as its bitsandbytes 4-bit checkpoint loads: "
+                                                r"transformers' quantizer failed \(.+\); pass --no-quantize"):
+        quantize_as_loaded(model, "cfg")
 
 
 @pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")

@@ -22,6 +22,8 @@ from torch import nn
 
 from targetsel.errors import ModelRewrittenError, TargetselError
 from targetsel.model.resolution import Bound, recall
+from targetsel.model.wrappers import user_name
+from targetsel.bridge.wrapped import inner_model
 from targetsel.views.parameters import ParameterSelection
 from targetsel.views.snapshot import Resolved
 
@@ -111,6 +113,7 @@ def _adapted(base: nn.Module) -> tuple[list[str], list[str]]:
     # from the targets (a TrainableTokensConfig's own layers are targets: they are not wrapped so).
     auxiliary: list[str] = []
     for name, module in base.named_modules():
+        name = user_name(name)  # the plain model's name under FSDP1 / checkpoint wrappers (model/wrappers.py)
         if isinstance(module, AuxiliaryTrainingWrapper):
             auxiliary.append(name + ".")
             continue
@@ -151,6 +154,7 @@ def _in_model_order(parameters: list[str], base: nn.Module, tuners: set[str]) ->
         return parameters
     order: dict[str, int] = {}
     for name, _ in base.named_parameters():
+        name = user_name(name)
         order.setdefault(_strip_base_layer(name, tuners), len(order))
     return sorted(parameters, key=lambda p: order.get(p, len(order)))
 
@@ -158,6 +162,7 @@ def _in_model_order(parameters: list[str], base: nn.Module, tuners: set[str]) ->
 def _base_model(peft_model: nn.Module) -> nn.Module:
     from peft import PeftModel
 
+    peft_model = inner_model(peft_model)  # FSDP1 / checkpoint wrappers put around it after get_peft_model
     if isinstance(peft_model, PeftModel):
         return peft_model.base_model.model
     if not isinstance(peft_model, nn.Module):

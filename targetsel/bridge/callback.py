@@ -10,14 +10,15 @@ begins (`targetsel.audit`), prints the grouped result once (on the main process 
 
 from __future__ import annotations
 
-import sys
-import warnings
 from typing import Any, Iterable, Optional, TextIO
 
 from torch import nn
 from transformers import TrainerCallback
 
+from targetsel.bridge.wrapped import inner_model
 from targetsel.errors import AuditError, TargetselError, TargetselWarning
+from targetsel.model.ranks import print_once, warn_once
+from targetsel.model.wrappers import class_name, user_name
 
 
 class TargetselCallback(TrainerCallback):
@@ -73,25 +74,16 @@ class TargetselCallback(TrainerCallback):
         self.extra = {k: v for k, v in self.extra.items() if v}
         ok = self.audit.ok and not self.extra
         self.report = _table(model, self.audit, self.extra)
-        if not self._shown and _main_process():
-            print(self.report, file=self.stream or sys.stdout, flush=True)
-            self._shown = True
+        if not self._shown:  # once, on the main process (rank 0 under torch.distributed)
+            self._shown = print_once(self.report, file=self.stream)
         if not ok:
             message = ("the adapters at train start are not the selected ones:\n" + self.report
                        + "\nFix the config the trainer builds (targetsel export MODEL QUERY --to TRAINER), or pass "
                        "expect_saved=[...] for modules you mean to train in full.")
             if self.strict:
                 raise AuditError(message, self.report)
-            if _main_process():
-                warnings.warn(message, TargetselWarning, stacklevel=2)
+            warn_once(message, TargetselWarning, stacklevel=2)  # on every rank, printed on rank 0
         return self.audit
-
-
-def _main_process() -> bool:
-    """Rank 0 of an initialised torch.distributed group, or the only process."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _auxiliary(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -99,19 +91,20 @@ def _auxiliary(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
     from peft import PeftModel
     from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
 
+    model = inner_model(model)  # FSDP1 / checkpoint wrappers around the PeftModel
     base = model.base_model.model if isinstance(model, PeftModel) else model
     saved, tokens = [], []
     for name, module in base.named_modules():
         if isinstance(module, ModulesToSaveWrapper):
-            saved.append(name)
+            saved.append(user_name(name))
         elif isinstance(module, TrainableTokensWrapper):
-            tokens.append(name)
+            tokens.append(user_name(name))
     return tuple(saved), tuple(tokens)
 
 
 def _table(model: nn.Module, result, extra: dict) -> str:
     """One row per group of names: what it is, how many, the group (a glob you can paste back)."""
-    from targetsel.text.grouping import group_names
+    from targetsel.text.grouping import group_names, summarize_names
 
     wrapped = set(result.wrapped) | set(result.wrapped_parameters)
     rows = [
@@ -123,7 +116,7 @@ def _table(model: nn.Module, result, extra: dict) -> str:
         ("TOKENS (trainable tokens, not selected)", list(extra.get("tokens", ()))),
     ]
     width = max(len(label) for label, names in rows if names) if any(names for _, names in rows) else 7
-    lines = [f"targetsel: adapters at train start on {type(model).__name__}"]
+    lines = [f"targetsel: adapters at train start on {class_name(model)}"]  # the class the user built
     for label, names in rows:
         for group in group_names(names) if names else ():
             lines.append(f"  {label:<{width}}  {len(group):>5}  {group.pattern}")
@@ -131,5 +124,9 @@ def _table(model: nn.Module, result, extra: dict) -> str:
         lines.append("  nothing is adapted and nothing was selected")
     lines.append(str(result))
     if extra:
-        lines.append("  and modules were wrapped for full training or given token layers without being selected")
+        parts = [f"{summarize_names(list(extra['saved']), limit=3)} in full (modules_to_save)"] if extra.get("saved") else []
+        if extra.get("tokens"):
+            parts.append(f"token rows of {summarize_names(list(extra['tokens']), limit=3)} (trainable_token_indices)")
+        count = sum(len(v) for v in extra.values())
+        lines.append(f"but {count} module(s) that were not selected are trained too: {'; '.join(parts)}")
     return "\n".join(lines)

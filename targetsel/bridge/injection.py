@@ -28,6 +28,7 @@ from torch import nn
 
 from targetsel.model.hooks import throwaway_models
 from targetsel.model.quantized import meta_parameter
+from targetsel.model.wrappers import restore_originals, user_class
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def _copy_module(module: nn.Module, memo: dict) -> nn.Module:
     hit = memo.get(id(module))
     if hit is not None:
         return hit
-    new = module.__class__.__new__(module.__class__)
+    cls = user_class(module.__class__)  # FSDP2's FSDP<Class>.__new__ would re-run Class.__init__()
+    new = cls.__new__(cls)
     memo[id(module)] = new
     state = {}
     for key, value in module.__dict__.items():
@@ -121,6 +123,8 @@ def _copy_module(module: nn.Module, memo: dict) -> nn.Module:
             state[key] = {k: (None if v is None else _meta_tensor(v, memo)) for k, v in value.items()}
         else:
             state[key] = _copy_value(value, memo)
+    # FSDP1 use_orig_params=False: the parameters it flattened away, back as the plain model has them
+    restore_originals(module, state, lambda e: memo.setdefault(id(e), meta_parameter(e, e.requires_grad)))
     object.__setattr__(new, "__dict__", state)
     return new
 

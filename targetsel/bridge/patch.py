@@ -38,6 +38,8 @@ def patch(config: Any, selection, *, form: str = "auto", strict: bool = True, ra
     rank / alpha; they compile to `rank_pattern` / `alpha_pattern` keys that PEFT's own lookup
     (`peft.utils.other.get_pattern_key`) resolves to exactly the intended value for every module.
     """
+    # One piece on purpose: the order of validation, warnings and the form loop is the contract (nothing
+    # is emitted or built before every input is checked), and it reads best top to bottom.
     from targetsel.views.parameters import ParameterSelection
     from targetsel.bridge.verify import dry_run, require_peft_config
 

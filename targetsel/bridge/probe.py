@@ -21,6 +21,7 @@ from torch import nn
 from targetsel.model.hooks import throwaway_models
 from targetsel.model.classes import is_linear_class
 from targetsel.model.quantized import meta_parameter
+from targetsel.model.wrappers import needs_plain_copy
 
 # The name the probe gives the module under test inside its one-module model.
 _PROBE = "targetsel_probe"
@@ -73,6 +74,10 @@ def probe_config(config, target_modules):
 def meta_copy(module: nn.Module) -> nn.Module:
     """A structural copy of `module` whose parameters and buffers live on the meta device (no data
     copied); parameter subclasses (bitsandbytes' Params4bit, …) keep their class and attributes."""
+    if needs_plain_copy(module):  # sharded or flattened by FSDP: deepcopy cannot give the plain module
+        from targetsel.bridge.injection import skeleton
+
+        return skeleton(module)
     memo: dict[int, Any] = {}
     for p in module.parameters():
         trainable = p.dtype.is_floating_point or p.dtype.is_complex

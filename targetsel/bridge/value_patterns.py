@@ -14,6 +14,7 @@ def value_patterns(config, res: Resolution, names: list[str], field: str, base_f
     from targetsel.text.grouping import summarize_names
     from targetsel.text.names_regex import names_regex
 
+    # One piece on purpose: the refusals, the key search and the exactness check read the same lookup state.
     what = "ranks" if field == "rank_pattern" else "alphas"
     if str(getattr(config.peft_type, "value", config.peft_type)) == "ADALORA":
         raise ConfigError(

@@ -27,7 +27,9 @@ from targetsel.views.targets import list_matches
 from targetsel.errors import ConfigError, PeftRejectionError, TargetselError
 from targetsel.text.grouping import short_repr
 from targetsel.bridge.injection import Injection, real_injection
+from targetsel.bridge.wrapped import user_named
 from targetsel.model.index import get_index
+from targetsel.model.wrappers import peft_matched, peft_names, peft_view
 
 
 def require_peft_config(config: Any, what: str = "patch()") -> None:
@@ -73,7 +75,7 @@ def prepare_config(model: nn.Module, config: Any, *, convert: bool = True):
         and len(targets) >= MIN_TARGET_MODULES_FOR_OPTIMIZATION
         and cfg.peft_type != PeftType.IA3
     ):
-        names = get_index(model).names
+        names = peft_names(get_index(model))  # a wrapped model's own names (model/wrappers.py)
         matched = list_matches(targets, names)
         names_no_target = [n for n, m in zip(names, matched) if not m]
         condensed = _find_minimal_target_modules(targets, names_no_target)
@@ -139,9 +141,9 @@ def _rewrite_is_harmless(model: nn.Module, converted: Any, selected: list[str]) 
     """Do the rewritten targets still match exactly the selected names (by PEFT's own matcher)?"""
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
-    names = get_index(model).names
-    matched = _matched_positions(PEFT_TYPE_TO_TUNER_MAPPING[converted.peft_type], converted, names)
-    return [names[i] for i in matched] == list(selected)
+    index, tuner = get_index(model), PEFT_TYPE_TO_TUNER_MAPPING[converted.peft_type]
+    matched = peft_matched(index, lambda seen: _matched_positions(tuner, converted, seen))
+    return matched is not None and [index.names[i] for i in matched] == list(selected)
 
 
 def converted_names(model: nn.Module, names: list[str]) -> set[str]:
@@ -157,7 +159,6 @@ def converted_names(model: nn.Module, names: list[str]) -> set[str]:
     except (ValueError, TypeError, KeyError):
         return set()
     return set(names) - set(cfg.target_modules or ())
-
 
 
 def _infer_default_targets(cfg, model):
@@ -176,7 +177,6 @@ def _infer_default_targets(cfg, model):
         )
     cfg.target_modules = set(targets) if not isinstance(targets, str) else targets
     return cfg
-
 
 
 # Task-model classes add these to modules_to_save (peft/peft_model.py): sequence and token
@@ -231,7 +231,7 @@ def dry_run(model: nn.Module, config: Any, *, real: bool = False) -> Injection:
     require_peft_config(config, "dry_run()")
     index = get_index(model)
     fast = None if real else _fast_path(model, config, index)
-    return fast if fast is not None else real_injection(model, config)
+    return fast if fast is not None else user_named(real_injection(model, config), index)
 
 
 def _needs_real(config: Any) -> bool:
@@ -265,14 +265,14 @@ def _fast_path(model: nn.Module, config: Any, index) -> Optional[Injection]:
     names = index.names
     if targets == DUMMY_TARGET_MODULES:
         return Injection(target_modules=targets, how="fast")
-    matched = _matched_positions(tuner, cfg, names)
-    if not matched:
+    matched = peft_matched(index, lambda seen: _matched_positions(tuner, cfg, seen))  # on a wrapped model's own names
+    if matched == []:
         return Injection(
             error=f"NoMatchingPeftModuleError: target_modules={targets!r} target no module of the model "
             "(after exclude_modules, modules_to_save and layers_to_transform)",
             how="fast",
         )
-    if _has_nested(index, matched):
+    if matched is None or _has_nested(index, matched):
         return None
     error, probes = _rejected(model, cfg, index, matched)
     if error:
@@ -298,7 +298,7 @@ def name_matches(model: nn.Module, config: Any, *, convert: bool = True) -> list
         cfg = prepare_config(model, config, convert=convert)
     except (TargetselError, ValueError, TypeError, KeyError):
         return []
-    return _matched_positions(tuner, cfg, get_index(model).names)
+    return peft_matched(get_index(model), lambda seen: _matched_positions(tuner, cfg, seen)) or []
 
 
 def _matched_positions(tuner, cfg, names: list[str]) -> list[int]:
@@ -365,8 +365,8 @@ def _modules_to_save_wrapped(config, index, targeted: list[int], probes: dict) -
         internals = probes[type(index.modules[i])].internals
         if internals is None or any(f"{index.names[i]}.{n}".endswith(suffixes) for n in internals):
             return None
-    if index.aliases():
-        return None  # _set_trainable walks named_modules(remove_duplicate=False)
+    if index.aliases() or peft_view(index) is not None:
+        return None  # _set_trainable walks named_modules(remove_duplicate=False); wrappers: the real one
     names = index.names
     wrapped = [i for i in range(1, len(names)) if names[i].endswith(suffixes)]
     if not wrapped:

@@ -35,6 +35,8 @@ examples:
   targetsel check ./llava-dir adapter_config.json --freeze under:vision_tower
                                                        check as trained: the tower frozen first
   targetsel patch adapter_config.json --model demo --query "linear & trainable" -o patched.json
+  targetsel export demo "linear & trainable - type:PLoRA - under:(type:PLoRA)" --to llamafactory
+                                                       the keys a trainer needs (axolotl, llamafactory, swift, unsloth, trl, peft)
 
 MODEL is `demo`, a local model directory or config.json (built on the meta device as the class
 its `architectures` names: no weights are loaded), a Hugging Face hub id (config only), or

@@ -26,9 +26,13 @@ checks found errors), 2 usage or bad input, 3 internal error (a bug: please repo
 """
 
 
+# targetsel.bridge.exports.TRAINERS, spelled out: importing the bridge imports peft (seconds), and
+# registering the verb runs on every `targetsel --help` (tests/test_cli_workflows.py pins the two equal).
+TRAINER_NAMES = ("axolotl", "llamafactory", "swift", "unsloth", "trl", "peft")
+
+
 def register(sub) -> None:
     """Add the verb to the `targetsel` subcommands (called by cli/commands.py)."""
-    from targetsel.bridge.exports import TRAINERS
     from targetsel.cli.options import add_model_options
 
     p = sub.add_parser(
@@ -41,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("query", metavar="QUERY", nargs="?", default=None,
                    help="the modules to adapt (target_modules); may be left out with --parameters")
     p.add_argument("--to", "-t", dest="trainer", required=True, metavar="TRAINER",
-                   help=f"one of {', '.join(TRAINERS)}")
+                   help=f"one of {', '.join(TRAINER_NAMES)}")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml")
     p.add_argument("--parameters", metavar="QUERY", default=None,
                    help="also adapt the parameters of the modules this query selects (fused MoE experts: target_parameters)")

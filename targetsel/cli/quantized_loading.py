@@ -79,21 +79,35 @@ def quantize_as_loaded(model, source: str = "config.json") -> QuantizedBuild:
 
         with _quiet_transformers():
             quantizer = AutoHfQuantizer.from_config(qc, pre_quantized=True)
-            dequantized_here = _validate(quantizer)
     except Exception as exc:  # noqa: BLE001 - a missing package, an unknown method: said in one line
         return QuantizedBuild(method, note=_float_note(source, method, exc))
     try:
         with _quiet_transformers():
+            refused_here = _validate(quantizer)
+    except ImportError as exc:  # the method's package is missing: its layers cannot be built
+        return QuantizedBuild(method, note=_float_note(source, method, exc))
+    except Exception as exc:  # noqa: BLE001 - a device check (no GPU): the layers still build on meta
+        refused_here = f"refuses to load it on this machine ({_first_line(exc)})"
+    before = [(name, type(m)) for name, m in model.named_modules()]
+    try:
+        with _quiet_transformers():
             _preprocess(quantizer, model)
+    except ImportError as exc:  # a package its layers need (transformers 4.57's FP8 layers import triton)
+        if [(name, type(m)) for name, m in model.named_modules()] == before:  # nothing replaced yet
+            return QuantizedBuild(method, note=_float_note(source, method, exc))
+        raise ModelLoadError(
+            f"cannot build {source} as its {method} checkpoint loads: transformers' quantizer failed half-way "
+            f"({type(exc).__name__}: {_first_line(exc)}); pass --no-quantize to see the float model"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - the quantizer's own code, reported in one line
         raise ModelLoadError(
             f"cannot build {source} as its {method} checkpoint loads: transformers' quantizer failed "
             f"({type(exc).__name__}: {_first_line(exc)}); pass --no-quantize to see the float model"
         ) from None
     build = _describe(model, method, source)
-    if dequantized_here and build.quantized:
-        build = replace(build, note=build.note + f" (on this machine, which has no GPU, transformers would dequantize "
-                                                 f"the weights when loading; a GPU load has the {method} layers shown)")
+    if refused_here and build.quantized:
+        build = replace(build, note=build.note + f" (transformers {refused_here}; a GPU load has the {method} "
+                                                 "layers shown)")
     return build
 
 
@@ -134,11 +148,11 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
-def _validate(quantizer) -> bool:
+def _validate(quantizer) -> str:
     """transformers' check that the method's packages are there, without its device decisions: a
-    pre-quantized FP8 checkpoint on a machine without a GPU is dequantized when *loaded* here, but the
-    model people train (on a GPU) has the FP8 layers, so those are what targetsel shows. True when
-    transformers would have dequantized here."""
+    pre-quantized FP8 checkpoint on a machine without a GPU is dequantized when *loaded* here
+    (transformers 5; 4.x refuses it), but the model people train (on a GPU) has the FP8 layers, so
+    those are what targetsel shows. Returns what transformers would have done instead here, or ''."""
     config = quantizer.quantization_config
     had = getattr(config, "dequantize", None)
     try:
@@ -146,7 +160,8 @@ def _validate(quantizer) -> bool:
     finally:
         if had is not None:
             now, config.dequantize = getattr(config, "dequantize", None), had
-    return had is not None and bool(now) and not bool(had)
+    return "would dequantize the weights on this machine, which has no GPU" if (
+        had is not None and bool(now) and not bool(had)) else ""
 
 
 def _preprocess(quantizer, model) -> None:

@@ -163,17 +163,15 @@ def _tied_stacks(index, shapes, embedding: Optional[int], scope: int, taken: lis
 
 
 def _language_widths(index, shapes, embedding: Optional[int], language: list[int]) -> set:
-    """The widths the language model reads: its input embedding's, and its text config's hidden size."""
+    """The widths the language model reads: its input embedding's, its text config's hidden size, and
+    the width of its stacks of blocks."""
     widths = set()
     if embedding is not None:
-        width = shapes.io(embedding)[1]
-        if width is not None:
-            widths.add(width)
+        widths.add(shapes.io(embedding)[1])
     for r in language:
-        value = getattr(index.modules[r].__dict__.get("config"), "hidden_size", None)
-        if isinstance(value, int):
-            widths.add(value)
-    return widths
+        widths.add(getattr(index.modules[r].__dict__.get("config"), "hidden_size", None))
+        widths.update(shapes.io(s + 1)[0] for s in shapes.stacks if r <= s < index.ends[r])
+    return {w for w in widths if isinstance(w, int)}
 
 
 def _by_names(index, names) -> list[int]:

@@ -6,12 +6,15 @@ the contiguous range `[i, end[i])` and subtree sums are differences of one prefi
 once" is `named_modules()`' own rule: its memo is a `set`, so a module *equal* (`__eq__`/`__hash__`)
 to one already listed is skipped with its subtree, as PEFT, `parameters()` and `state_dict` skip it.
 
-Freshness. Structure is cached; `requires_grad` never is (it is read at each terminal). torch's
-global registration hooks bump a process-wide generation (model/hooks.py); an index whose
-generation is behind re-checks the model's structure (about 5% of a walk) and rebuilds only if it
-really changed. An index is replaced, never updated, so everything derived from its structure is
-computed once per index: `cached_property` for what the index itself offers, `memo(key, fn)` for
-what other modules of the model layer derive from it (the linear family, components).
+Freshness. Structure is cached; `requires_grad` never is (it is read at each terminal). Every
+terminal compares the lengths of the model's container dicts with the build's (edits torch makes
+without hooks — `del`, `insert`, `pop`, `clear` — change one). torch's global registration hooks
+bump a process-wide generation (model/hooks.py; targetsel's own throwaway models do not); an index
+whose generation is behind compares its containers' contents and every module's parameters with
+the build's, in C (under a tenth of a walk), and rebuilds only if they changed. An index is
+replaced, never updated, so everything derived from its structure is computed once per index:
+`cached_property` for what the index itself offers, `memo(key, fn)` for what other modules of the
+model layer derive from it (the linear family, components, what each pattern matched).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from targetsel.model.hooks import current_generation
 from targetsel.model.quantized import logical_numel
 from targetsel.model.threads import single_threaded
 from targetsel.model.walk import walk
+from targetsel.model.unwrap import unwrap
+from targetsel.model.wrappers import user_name
 
 
 _cache: "weakref.WeakKeyDictionary[nn.Module, ModelIndex]" = weakref.WeakKeyDictionary()
@@ -239,7 +244,7 @@ class ModelIndex:
     def _aliases(self) -> dict[int, list[str]]:
         by_id: dict[int, list[str]] = {}
         for name, module in self.model_ref().named_modules(remove_duplicate=False):
-            by_id.setdefault(id(module), []).append(name)
+            by_id.setdefault(id(module), []).append(user_name(name))  # without FSDP1/checkpoint segments
         found = {}
         for pos, module in enumerate(self.modules):
             names = by_id.get(id(module), [])
@@ -315,7 +320,7 @@ class ModelIndex:
 @single_threaded
 def build_index(model: nn.Module) -> ModelIndex:
     """Walk the model once (model/walk.py) into a fresh, uncached index."""
-    return ModelIndex(model_ref=weakref.ref(model), **walk(model))
+    return ModelIndex(model_ref=weakref.ref(model), **unwrap(walk(model)))  # wrappers: model/wrappers.py
 
 
 def get_index(model: nn.Module, *, for_names: bool = False) -> ModelIndex:

@@ -85,3 +85,16 @@ def _mask(index, positions: list[int]) -> torch.Tensor:
     if positions:
         mask[torch.tensor(positions, dtype=torch.long)] = True
     return mask
+
+
+#: memo keys of what an index remembers per pattern or name (the rest of its memo is structure).
+_PER_PATTERN = ("under", "under-roots", "named", "type")
+
+
+def forget_patterns(index) -> None:
+    """Drop every per-pattern result `index` remembers (and its grad-state sums), keeping its structure:
+    benchmarks/ measures a query whose patterns the index has not seen yet this way."""
+    index._cached.pop("pattern-matches", None)
+    for key in [k for k in index._cached if isinstance(k, tuple) and k and k[0] in _PER_PATTERN]:
+        del index._cached[key]
+    index._grad_sums = None

@@ -3,8 +3,8 @@
 Widths are read from module shapes. A module's *input width* is that of its first weighted module
 (Linear, Conv, Embedding, anything with `in_features`/`out_features`) in registration order, its
 *output width* that of its last one — transformers registers a projector's layers in the order
-they run. The language model's widths `W` are the input embedding's width and the text config's
-`hidden_size`.
+they run. The language model's widths `W` are the input embedding's width, the text config's
+`hidden_size` and the width of the language model's stacks of blocks.
 
 A candidate is a projector when
 
@@ -14,17 +14,20 @@ A candidate is a projector when
 2. shapes cannot tell — its input is already that wide, or the tower itself is as wide as the
    language model — and its name says projector (`proj`, `merge`, `connect`, `adapt`, `align`,
    `resampl`): names only break ties;
-3. it feeds a projector of rule 1/2 (registered before it, output width = that projector's input
-   width): the hidden layers of a two-stage projector (Qwen3-Omni's `proj1` before `proj2`, a
-   Q-Former before `language_projection`). Inside a tower only a layer that reads the tower's
-   own width counts (the hidden layer of a projector MLP), so its front end and neck do not.
+3. it feeds a projector of rule 1/2 (the sibling registered just before it, output width = that
+   projector's input width): the hidden layers of a two-stage projector (Qwen3-Omni's `proj1`
+   before `proj2`, a Q-Former before `language_projection`). Inside a tower only a single layer
+   that reads the tower's own width counts (a projector MLP's hidden layer), not a front end or neck.
+
+Where no candidate reaches `W` at all (a default config pairing a tower with a text model of
+another checkpoint), candidates named like a projector are taken (`named_projectors`).
 
 Candidates are (a) the children of the modules holding a tower or the language model that are
 neither (outside the language model; those that fail the test are in no component: a vocoder, a
 diffusion head), (b) the children of a tower outside its stack of blocks, and (c) the parts of a
 language model that had to be cut around a tower it contains (Phi-4-multimodal keeps its towers in
 `model.embed_tokens_extend`; what fails the test stays language). Without any known width every
-candidate of (a) is a projector, as for plain `nn.Module` models.
+candidate of (a) between a tower and a language model is a projector, as for plain `nn.Module` models.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from bisect import bisect_left
 from typing import Optional
 
 from torch import nn
+
+from targetsel.model.wrappers import global_shape
 
 _PROJECTOR_WORDS = ("proj", "merge", "connect", "adapt", "align", "resampl")
 
@@ -43,23 +48,26 @@ def _io(module: nn.Module) -> Optional[tuple[int, int, bool]]:
         return module.num_embeddings, module.embedding_dim, True
     if isinstance(module, nn.modules.conv._ConvNd):
         return module.in_channels, module.out_channels, True
-    a, b = getattr(module, "in_features", None), getattr(module, "out_features", None)
+    attrs = module.__dict__  # not getattr: nn.Module.__getattr__ raising for every module costs ~10 µs
+    a, b = attrs.get("in_features"), attrs.get("out_features")
     if isinstance(a, int) and isinstance(b, int):
         return a, b, True
-    params = module.__dict__.get("_parameters", {})
+    params = attrs.get("_parameters", {})
     w = params.get("weight")
-    if type(module).__name__ == "Conv1D" and w is not None and w.dim() == 2:  # transformers' GPT-2 Conv1D: (in, out)
-        return int(w.shape[0]), int(w.shape[1]), True
+    if type(module).__name__ == "Conv1D" and w is not None and len(global_shape(w)) == 2:  # GPT-2's Conv1D: (in, out)
+        return global_shape(w)[0], global_shape(w)[1], True
     # A bare projection matrix (Gemma3's `mm_input_projection_weight`, used as x @ W): either way round.
-    mats = [p for k, p in params.items() if p is not None and p.dim() == 2 and k.endswith("weight")]
+    mats = [global_shape(p) for k, p in params.items() if p is not None and k.endswith("weight")]  # shards: full shapes
+    mats = [s for s in mats if len(s) == 2]
     if len(mats) == 1:
-        return int(mats[0].shape[0]), int(mats[0].shape[1]), False
+        return mats[0][0], mats[0][1], False
     return None
 
 
 def _norm_width(module: nn.Module) -> Optional[int]:
     w = module.__dict__.get("_parameters", {}).get("weight")
-    return int(w.shape[0]) if w is not None and w.dim() == 1 else None
+    shape = global_shape(w) if w is not None else ()  # ZeRO-3 / FSDP1 shards: the full shape
+    return shape[0] if len(shape) == 1 else None
 
 
 class Shapes:

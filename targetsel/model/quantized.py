@@ -29,6 +29,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from targetsel.model.wrappers import global_numel, global_shape, is_dtensor
+
 
 def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text.split("+")[0])[:3])
@@ -107,7 +109,7 @@ FAMILIES: tuple[Family, ...] = (
            peft_until=(0, 19), weight_in_buffers=True),
     Family("gptq-gptqmodel", "GPTQ (gptqmodel)", ("gptqmodel.",), ("BaseQuantLinear",),
            "peft.tuners.lora.gptq.GPTQLoraLinear", peft_since=(0, 15), predicate=_not_awq, weight_in_buffers=True),
-    Family("gptq-autogptq", "GPTQ (auto-gptq)", ("auto_gptq.",), ("QuantLinear",), "peft.tuners.lora.gptq.QuantLinear",
+    Family("gptq-autogptq", "GPTQ (auto-gptq)", ("auto_gptq.",), ("QuantLinear",), "peft.tuners.lora.gptq.GPTQLoraLinear",
            peft_until=(0, 19), condition="model.config.quantization_config (gptq)", weight_in_buffers=True),
     Family("hqq", "HQQ", ("hqq.",), ("HQQLinear",), "peft.tuners.lora.hqq.HqqLoraLinear"),
     Family("inc", "Intel Neural Compressor FP8", ("neural_compressor.",), ("PatchedLinear",),
@@ -192,7 +194,7 @@ def logical_numel(p: torch.Tensor) -> int:
                 n *= int(d)
             return n
         return p.numel() * 2 * p.element_size()
-    return p.numel()
+    return global_numel(p)  # ZeRO-3 / FSDP1 shards: the full size (model/wrappers.py)
 
 
 def lora_in_out(module: nn.Module) -> Optional[tuple[int, int]]:
@@ -249,9 +251,9 @@ def meta_parameter(p: torch.Tensor, requires_grad: bool) -> nn.Parameter:
     """An empty meta-device parameter like `p`, of its class and with its attributes when `p` is a
     parameter subclass (bitsandbytes' `Params4bit` carries `quant_type`, `compress_statistics`, …
     that PEFT's dispatch reads). The attributes are shared, never copied: nothing is mutated on them."""
-    empty = torch.empty(tuple(p.shape), dtype=p.dtype, device="meta")
+    empty = torch.empty(global_shape(p), dtype=p.dtype, device="meta")  # a shard's full shape
     cls = type(p)
-    if cls is nn.Parameter or not isinstance(p, nn.Parameter):
+    if cls is nn.Parameter or not isinstance(p, nn.Parameter) or is_dtensor(p):
         return nn.Parameter(empty, requires_grad=requires_grad)
     try:
         new = torch.Tensor._make_subclass(cls, empty, requires_grad)

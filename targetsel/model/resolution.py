@@ -50,7 +50,8 @@ class Resolution:
 
     @property
     def model_class(self) -> str:
-        return type(self.model).__name__
+        index = self.index  # the user's class, not FSDP's wrapper or FSDP2's dynamic subclass (model/wrappers.py)
+        return index.classes[index.class_ids[0]].__name__
 
     @property
     def module_count(self) -> int:

@@ -56,7 +56,7 @@ def sub_configs(config) -> list[tuple[str, object]]:
     seen = {id(config)}
 
     def visit(cfg) -> None:
-        for attr, value in list(vars(cfg).items()):
+        for attr, value in list(getattr(cfg, "__dict__", {}).items()):
             if not _is_config(value) or id(value) in seen:
                 continue
             seen.add(id(value))
@@ -165,7 +165,7 @@ def main_embedding(index, model, towers: list[int]) -> tuple[Optional[int], int]
         return pos, 0
     fallback = None
     for i in range(1, index.size):
-        if inside_any(index, i, towers) or not callable(getattr(index.modules[i], "get_input_embeddings", None)):
+        if inside_any(index, i, towers) or not callable(getattr(type(index.modules[i]), "get_input_embeddings", None)):
             continue  # a tower's getter answers with its patch embedding
         pos = module_from(index, index.modules[i], "get_input_embeddings")
         if pos is None or inside_any(index, pos, towers):

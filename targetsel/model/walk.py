@@ -46,7 +46,7 @@ def walk(model: nn.Module) -> dict:
 
 
 def _walk(model: nn.Module) -> dict:
-    # One tight pass: this loop *is* the cost of a first query on a 60k-module model, so locals
+    # One piece on purpose. One tight pass: this loop *is* the cost of a first query on a 60k-module model, so locals
     # are bound, the module and parameter walks are fused, and per-module work is kept to what the
     # index needs (benchmarks/ measures it against a bare named_modules() + named_parameters()).
     generation = current_generation()

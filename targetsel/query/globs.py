@@ -185,7 +185,7 @@ def glob_names(pattern: str, names: list[str], indices: list[int], table: "NameT
     if bulk is not None and indices:
         table = table if table is not None else NameTable(names)
         if table.newline_free:
-            return match(table, indices, *bulk, math.inf)
+            return match(table, indices, *bulk, math.inf, fullmatch=compile_glob(pattern).fullmatch)
     full = compile_glob(pattern).fullmatch
     literal = glob_literal(pattern)  # '' for globs without one: `'' in name` always holds
     return [i for i in indices if literal in names[i] and full(names[i])]

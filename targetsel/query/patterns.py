@@ -155,6 +155,7 @@ def _refuse_regex(pattern: str) -> "tuple[str, int] | None":
     group holds [unrolled size so far, size of the last item]; a counted repeat {n} or {n,m}
     multiplies the last item by n (the engine unrolls the n mandatory copies, not the optional ones).
     """
+    # One piece on purpose: a single scanner whose state (open groups, classes, escapes) every branch shares.
     groups = [[0, 0]]
     i, n = 0, len(pattern)
 

@@ -27,13 +27,10 @@ import functools
 from dataclasses import dataclass
 from typing import Optional
 
-#: The most strings one literal set holds before the analysis stops enumerating.
-CAP = 64
-#: Filters whose shortest text is shorter than this cost more than the regex calls they save.
-MIN_FILTER_LENGTH = 3
+from targetsel.query.regex_literals import (
+    CAP, EMPTY, MIN_FILTER_LENGTH, BACKREF, UNKNOWN_CHAR, ZERO_WIDTH, Info, alt, best, cat, info, repeat, usable,
+)
 
-_EMPTY = frozenset({""})
-_META = set(".^$*+?{[\\|()")
 _REPEAT_CHARS = set("*+?{")
 _FLAG_LETTERS = set("imsau")
 
@@ -45,124 +42,6 @@ class Shape:
     line_regex: str
     ignore_case: bool
     ascii: bool
-
-
-@dataclass(frozen=True)
-class _Info:
-    texts: Optional[frozenset]  # every match's text is one of these; None: unbounded or unknown
-    pure: bool  # the node matches exactly `texts` (no assertion, lookaround, backref or atomic group)
-    pre: frozenset  # every match's text starts with one of these ({""}: nothing known)
-    suf: frozenset
-    must: Optional[frozenset]  # every match's text contains one of these (none empty); None: unknown
-
-
-def _product(a, b):
-    if len(a) * len(b) > CAP:
-        return None
-    return frozenset(x + y for x in a for y in b)
-
-
-def _info(texts, pure, pre=_EMPTY, suf=_EMPTY, must=None) -> _Info:
-    if texts is not None:
-        pre = suf = texts
-        if "" not in texts:
-            must = _best([must, texts])
-    return _Info(texts, pure, pre, suf, must)
-
-
-def _usable(s) -> bool:
-    return s is not None and len(s) > 0 and "" not in s
-
-
-def _best(candidates):
-    """The most selective set: the longest shortest text, then the fewest texts."""
-    usable = [c for c in candidates if _usable(c)]
-    return max(usable, key=lambda s: (min(map(len, s)), -len(s))) if usable else None
-
-
-_UNKNOWN_CHAR = _info(None, True)  # one character from an unbounded or case-folded set
-_ZERO_WIDTH = _info(_EMPTY, False)  # ^ $ \b \B and lookarounds
-_BACKREF = _info(None, False)
-
-
-def _cat(items: list) -> _Info:
-    texts, pure = _EMPTY, True
-    for x in items:
-        pure = pure and x.pure
-        texts = None if texts is None or x.texts is None else _product(texts, x.texts)
-    if texts is not None:
-        return _info(texts, pure)
-    return _Info(None, pure, _edge(items), _edge(items[::-1], suffix=True), _best(_runs(items)))
-
-
-def _edge(items, suffix=False) -> frozenset:
-    """Texts every match starts (or ends) with: the literal run at that edge, up to the first unbounded item."""
-    acc = _EMPTY
-    for x in items:
-        part = x.texts if x.texts is not None else (x.suf if suffix else x.pre)
-        nxt = _product(part, acc) if suffix else _product(acc, part)
-        if nxt is None:
-            break
-        acc = nxt
-        if x.texts is None:
-            break
-    return acc
-
-
-def _runs(items) -> list:
-    """Candidate `must` sets: each item's own, and each run of literal items with its neighbours' edges."""
-    found = [x.must for x in items]
-    acc = _EMPTY
-    for x in items:
-        if x.texts is not None:
-            nxt = _product(acc, x.texts)
-            if nxt is None:
-                found.append(acc)
-                nxt = x.texts
-            acc = nxt
-            continue
-        found.append(_product(acc, x.pre) or acc)
-        acc = x.suf
-    found.append(acc)
-    return found
-
-
-def _alt(branches: list) -> _Info:
-    pure = all(b.pure for b in branches)
-    if all(b.texts is not None for b in branches):
-        texts = frozenset().union(*(b.texts for b in branches))
-        if len(texts) <= CAP:
-            return _info(texts, pure)
-
-    def union(sets):
-        if any(s is None for s in sets):
-            return None
-        joined = frozenset().union(*sets)
-        return joined if len(joined) <= CAP else None
-
-    return _Info(None, pure, union([b.pre for b in branches]) or _EMPTY, union([b.suf for b in branches]) or _EMPTY,
-                 union([b.must for b in branches]))
-
-
-def _repeat(x: _Info, lo: int, hi: Optional[int], possessive: bool) -> _Info:
-    pure = x.pure and not possessive
-    if hi is not None and hi <= 16 and x.texts is not None:
-        texts, power = (_EMPTY if lo == 0 else None), _EMPTY
-        for k in range(1, hi + 1):
-            power = _product(power, x.texts)
-            if power is None:
-                texts = None
-                break
-            if k >= lo:
-                texts = power if texts is None else texts | power
-                if len(texts) > CAP:
-                    texts = None
-                    break
-        else:
-            return _info(texts, pure)
-    if lo >= 1:
-        return _Info(None, pure, x.pre, x.suf, x.must)
-    return _Info(None, pure, _EMPTY, _EMPTY, None)
 
 
 class _Unsupported(Exception):
@@ -212,7 +91,7 @@ class _Reader:
             items.append((atom, kind, start))
         return items
 
-    def repeat(self, atom: _Info) -> _Info:
+    def repeat(self, atom: Info) -> Info:
         c = self.p[self.i]
         if c == "{":
             end = self.p.find("}", self.i)
@@ -233,9 +112,9 @@ class _Reader:
             self.i += 1
         if self.i < len(self.p) and self.p[self.i] in _REPEAT_CHARS:
             raise _Unsupported
-        return _repeat(atom, lo, hi, possessive)
+        return repeat(atom, lo, hi, possessive)
 
-    def atom(self) -> tuple[_Info, str]:
+    def atom(self) -> tuple[Info, str]:
         p, i = self.p, self.i
         c = p[i]
         if c == "(":
@@ -245,10 +124,10 @@ class _Reader:
         if c == ".":
             self.splices.append((i, i + 1, r"[^\n]"))
             self.i += 1
-            return _UNKNOWN_CHAR, "consumer"
+            return UNKNOWN_CHAR, "consumer"
         if c in "^$":
             self.i += 1
-            return _ZERO_WIDTH, c
+            return ZERO_WIDTH, c
         if c == "\\":
             return self.escape()
         if c in _REPEAT_CHARS or c == "\n":
@@ -256,29 +135,30 @@ class _Reader:
         self.i += 1
         return self.literal(c), "consumer"
 
-    def literal(self, c: str) -> _Info:
-        return _UNKNOWN_CHAR if "i" in self.flags else _info(frozenset({c}), True)
+    def literal(self, c: str) -> Info:
+        return UNKNOWN_CHAR if "i" in self.flags else info(frozenset({c}), True)
 
-    def escape(self) -> tuple[_Info, str]:
+    def escape(self) -> tuple[Info, str]:
         i = self.i
         if i + 1 >= len(self.p):
             raise _Unsupported
         c = self.p[i + 1]
         self.i = i + 2
         if c in "dwS":
-            return _UNKNOWN_CHAR, "consumer"
+            return UNKNOWN_CHAR, "consumer"
         if c in "sDW":  # can match "\n": the complement class without it
             self.splices.append((i, i + 2, {"s": r"[^\S\n]", "D": r"[^\d\n]", "W": r"[^\w\n]"}[c]))
-            return _UNKNOWN_CHAR, "consumer"
+            return UNKNOWN_CHAR, "consumer"
         if c in "bB":
-            return _ZERO_WIDTH, "assert"
+            return ZERO_WIDTH, "assert"
         if c in "123456789" and not (self.i < len(self.p) and self.p[self.i].isdigit()):
-            return _BACKREF, "consumer"
+            return BACKREF, "consumer"
         if c.isalnum() or c == "\n" or not c.isascii():
             raise _Unsupported  # \A \Z \p \N \x \n \G octal … and non-ASCII escapes: not read here
         return self.literal(c), "consumer"
 
-    def char_class(self) -> _Info:
+    def char_class(self) -> Info:
+        # One piece on purpose: one scan of a character class; its branches share the cursor and the set.
         p, start = self.p, self.i
         i = start + 1
         negated = i < len(p) and p[i] == "^"
@@ -337,10 +217,10 @@ class _Reader:
         elif negated != newline:  # it can match "\n": guard it
             self.splices.append((start, self.i, r"(?:(?!\n)" + p[start:self.i] + ")"))
         if negated or unknown or "i" in self.flags or len(chars) > CAP:
-            return _UNKNOWN_CHAR
-        return _info(frozenset(chars), True)
+            return UNKNOWN_CHAR
+        return info(frozenset(chars), True)
 
-    def group(self) -> tuple[_Info, str]:
+    def group(self) -> tuple[Info, str]:
         p, i = self.p, self.i
         kind = "consumer"
         if p.startswith("(?#", i):
@@ -348,13 +228,13 @@ class _Reader:
             if end < 0:
                 raise _Unsupported
             self.i = end + 1
-            return _info(_EMPTY, True), "comment"
+            return info(EMPTY, True), "comment"
         if p.startswith("(?P=", i):
             end = p.find(")", i)
             if end < 0:
                 raise _Unsupported
             self.i = end + 1
-            return _BACKREF, "consumer"
+            return BACKREF, "consumer"
         for opener, what in (("(?:", "plain"), ("(?>", "atomic"), ("(?=", "look"), ("(?!", "look"),
                              ("(?<=", "look"), ("(?<!", "look"), ("(?P<", "named"), ("(?<", "named"), ("(?", None), ("(", "plain")):
             if p.startswith(opener, i):
@@ -371,11 +251,11 @@ class _Reader:
         if self.i >= len(p) or p[self.i] != ")":
             raise _Unsupported
         self.i += 1
-        inner = _alt([_cat([x for x, _, _ in b]) for b in branches])
+        inner = alt([cat([x for x, _, _ in b]) for b in branches])
         if what == "look":
-            return _ZERO_WIDTH, "look"
+            return ZERO_WIDTH, "look"
         if what == "atomic":
-            return _Info(inner.texts, False, inner.pre, inner.suf, inner.must), kind
+            return Info(inner.texts, False, inner.pre, inner.suf, inner.must), kind
         return inner, kind
 
 
@@ -387,9 +267,9 @@ def shape(pattern: str) -> Optional[Shape]:
     reader = _Reader(pattern)
     try:
         branches = reader.read()
-    except (_Unsupported, IndexError, ValueError):
+        exact, filters = _branch_tests(branches)
+    except Exception:  # noqa: BLE001 - _Unsupported, or any surprise: the engine then matches name by name
         return None
-    exact, filters = _branch_tests(branches)
     text = pattern
     for start, end, new in sorted(reader.splices, reverse=True):
         text = text[:start] + new + text[end:]
@@ -408,17 +288,19 @@ def _branch_tests(branches):
             lead, items = True, items[1:]
         while items and items[-1][1] == "$":
             trail, items = True, items[:-1]
-        core = _cat([x for x, _, _ in items])
+        core = cat([x for x, _, _ in items])
         if exact is not None and core.pure and core.texts is not None:
             exact.append((lead, trail, core.texts))
         else:
             exact = None
         options = {}
-        if lead and _usable(core.pre):
+        if lead and usable(core.pre):
             options["prefix"] = core.pre
-        if trail and _usable(core.suf):
+        if trail and usable(core.suf):
             options["suffix"] = core.suf
-        contains = _best([core.must, core.pre, core.suf])
+        # The edges not checked as prefix/suffix still have to occur somewhere in the name.
+        candidates = [core.must] + ([core.pre] if not lead else []) + ([core.suf] if not trail else [])
+        contains = best([c for c in candidates if c not in options.values()]) or best(candidates)
         if contains is not None:
             options["contains"] = contains
         per_branch.append(options)
@@ -429,8 +311,12 @@ def _branch_tests(branches):
             if len(union) <= CAP and min(map(len, union)) >= MIN_FILTER_LENGTH:
                 filters.append((kind, tuple(sorted(union))))
     if not any(k == "contains" for k, _ in filters) and all(per_branch):
-        union = frozenset().union(*(_best(list(o.values())) for o in per_branch))
+        union = frozenset().union(*(best(list(o.values())) for o in per_branch))
         if len(union) <= CAP and min(map(len, union)) >= MIN_FILTER_LENGTH:
             filters.append(("contains", tuple(sorted(union))))
-    filters.sort(key=lambda f: (-min(map(len, f[1])), len(f[1])))
+    # A contains-filter of the very texts a prefix or suffix filter checks tells nothing more. Module
+    # names share their beginnings (`model.layers.`) far more than their ends: suffixes first.
+    anchored = [texts for kind, texts in filters if kind != "contains"]
+    filters = [f for f in filters if f[0] != "contains" or f[1] not in anchored]
+    filters.sort(key=lambda f: ("suffix", "contains", "prefix").index(f[0]))
     return (tuple(exact) if exact is not None else None), tuple(filters[:2])

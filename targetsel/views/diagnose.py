@@ -9,6 +9,7 @@ from targetsel.text.suggest import closest
 from targetsel.model.evaluate import EvalContext, evaluate
 from targetsel.model.resolution import Resolution
 from targetsel.views.reasons import why_none
+from targetsel.model.wrappers import class_name
 
 
 def _clause_label(node) -> str:
@@ -22,7 +23,7 @@ def explain_empty(res: Resolution) -> str:
     index = res.index
     node = res.node
     ctx = EvalContext(index)
-    label = f"{type(index.model_ref()).__name__}"
+    label = class_name(index.model_ref())  # the user's class, not a wrapper's (model/wrappers.py)
     clauses = list(node.items) if isinstance(node, N.And) and not N._has_outermost(node) else [node]
     current = index.universe()
     for clause in clauses:

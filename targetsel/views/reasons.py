@@ -11,6 +11,7 @@ from targetsel.text.suggest import closest
 from targetsel.model.evaluate import EvalContext, under_roots
 from targetsel.model.quantized import family_of, quantized_mask
 from targetsel.query import nodes as N
+from targetsel.model.wrappers import class_name
 
 
 def why_one(node, kept: bool, ctx: EvalContext, pos: int) -> str:
@@ -42,11 +43,11 @@ def _positions(mask: torch.Tensor) -> list[int]:
 class _Flag:
     @staticmethod
     def one(node, kept, ctx, pos):
-        from targetsel.views.display import shape_of
+        from targetsel.views.shapes import shape_of
 
         index, kind = ctx.index, node.kind
         module = index.modules[pos]
-        cls = type(module).__name__
+        cls = class_name(module)
         if kind in ("trainable", "frozen", "mixed"):
             total, requiring = ctx.grad()
             t, g = int(total[pos]), int(requiring[pos])
@@ -116,7 +117,7 @@ def _quantized_text(index, before: torch.Tensor) -> str:
         return ""
     kinds: dict[str, int] = {}
     for i in positions:
-        name = type(index.modules[i]).__name__
+        name = class_name(index.modules[i])
         kinds[name] = kinds.get(name, 0) + 1
     listed = ", ".join(f"{k} ×{v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])[:4])
     return (
@@ -144,7 +145,7 @@ class _Pattern:
 class _Type:
     @staticmethod
     def one(node, kept, ctx, pos):
-        cls = type(ctx.index.modules[pos]).__name__
+        cls = class_name(ctx.index.modules[pos])
         if not kept:
             return f"a {cls}, not {'exactly ' if node.exact else ''}a {node.name}"
         return f"a {cls}" if cls == node.name.rsplit(".", 1)[-1] else f"{cls} is a subclass of {node.name}"
@@ -153,7 +154,7 @@ class _Type:
     def none(node, ctx, before):
         kinds: dict[str, int] = {}
         for i in _positions(before):
-            cls = type(ctx.index.modules[i]).__name__
+            cls = class_name(ctx.index.modules[i])
             kinds[cls] = kinds.get(cls, 0) + 1
         top = ", ".join(f"{k} ×{v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])[:5])
         return f"no candidate is a {node.name}; the candidates are {top}"

@@ -15,6 +15,7 @@ from typing import Iterable, Optional, Union
 
 from targetsel.errors import EmptySelectionError, SelectionError, TargetselError
 from targetsel.model.resolution import Resolution
+from targetsel.model.wrappers import target_names
 from targetsel.text.names_regex import names_regex
 
 FORMS = ("auto", "list", "suffixes", "regex")
@@ -40,7 +41,8 @@ def regex_matches(pattern: str, names: Iterable[str]) -> list[bool]:
 
 
 def _selected_and_others(res: Resolution) -> tuple[list[str], list[str], list[bool]]:
-    return res.names, res.index.names, res.mask.tolist()
+    both = target_names(res.index, res.mask)  # a wrapped model: exact on its names and the plain model's
+    return both if both is not None else (res.names, res.index.names, res.mask.tolist())
 
 
 def _require_nonempty(res: Resolution, selected: list[str]) -> None:

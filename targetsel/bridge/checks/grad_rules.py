@@ -9,6 +9,7 @@ import torch
 from targetsel.bridge.checks.registry import Finding, finding, rule
 from targetsel.bridge.checks.subject import EMPTY, Subject
 from targetsel.query import nodes as N
+from targetsel.model.wrappers import class_name, user_class
 
 
 @rule("frozen-target", "warning")
@@ -24,10 +25,17 @@ def frozen_target(s: Subject) -> list[Finding]:
     roots = list(dict.fromkeys(frozen_root(s.index, i, total, requiring) for i in frozen))
     outer = [s.index.names[r] for r in roots if r not in frozen]
     inside = f", all inside the frozen {s.grouped(outer, 3)}" if outer and len(outer) <= 3 else ""
+    if by_design:  # `trainable` would also drop the quantized layers, which never require grad
+        leave_out = (f"- under:{outer[0]} (not & trainable: that also drops the {len(by_design)} quantized layers, "
+                     "whose packed weights never require grad)" if outer else "- the frozen modules by name")
+        chain = "select(model).linear()" + (f".where('!under:{outer[0]}')" if outer else "")
+    else:
+        leave_out = "add .trainable() (& trainable)" + (f" or - under:{outer[0]}" if outer else "")
+        chain = "select(model).linear().trainable()"
     fix = s.fix(
-        selection="Leave them out: add .trainable() (& trainable)" + (f" or - under:{outer[0]}" if outer else "") + ".",
+        selection=f"Leave them out: {leave_out}.",
         config="A name-only target_modules cannot tell them apart from the trainable modules of the same name: build the "
-               "targets with targetsel.bridge.patch(config, select(model).linear().trainable())"
+               f"targets with targetsel.bridge.patch(config, {chain})"
                + (f", or set exclude_modules=r\"{re.escape(outer[0])}" + r'\..*"' if outer else "") + ".",
     )
     message = (
@@ -43,16 +51,21 @@ def _frozen_by_design(s: Subject) -> list[int]:
 
     A quantized base is frozen by design (QLoRA trains adapters beside it). It still counts as frozen on
     purpose when it sits inside a region the user froze: the outermost frozen ancestor holds float
-    weights that could train (a frozen vision tower's norms), and other parts of the model still train.
+    weights outside quantized layers that could train (a frozen vision tower's norms), and other parts
+    of the model still train. (A quantized layer's own float bias may load frozen: transformers 4.x.)
     """
-    from targetsel.model.quantized import quantized_positions, trainable_storage
+    from targetsel.model.quantized import quantized_mask, quantized_positions, trainable_storage
     from targetsel.views.reasons import frozen_root
 
     total, requiring = s.grad
     frozen = [i for i in quantized_positions(s.index, s.positions) if total[i] > 0 and requiring[i] == 0]
     if not frozen or not bool(s.index.requires_grad_vector().any()):
         return frozen  # nothing of the model trains: the QLoRA set-up (prepare_model_for_kbit_training)
-    could_train = s.index.subtree_sum(torch.tensor([trainable_storage(p) for p in s.index.params], dtype=torch.float64))
+    modules = s.index.modules
+    in_quantized = {id(p) for i in quantized_mask(s.index).nonzero().flatten().tolist()
+                    for p in modules[i].parameters(recurse=False)}
+    could_train = s.index.subtree_sum(torch.tensor(
+        [trainable_storage(p) and id(p) not in in_quantized for p in s.index.params], dtype=torch.float64))
     return [i for i in frozen if could_train[frozen_root(s.index, i, total, requiring)] == 0]
 
 
@@ -68,7 +81,7 @@ def quantized_base(s: Subject) -> list[Finding]:
     parts = []
     for cls, ps in by_class.items():
         wrapper = s.probes[cls].wrapper
-        parts.append(f"{cls.__name__} ×{len(ps)}" + (f" → {wrapper.__module__}.{wrapper.__qualname__}" if wrapper else ""))
+        parts.append(f"{user_class(cls).__name__} ×{len(ps)}" + (f" → {wrapper.__module__}.{wrapper.__qualname__}" if wrapper else ""))
     message = (
         f"{len(positions)} selected module(s) are quantized layers ({'; '.join(parts)}): "
         f"{s.grouped([s.index.names[i] for i in positions])}. Their packed weights never require grad — a quantized "
@@ -91,7 +104,7 @@ def all_frozen(s: Subject) -> list[Finding]:
     return [
         finding(
             "all-frozen",
-            f"trainable() ran on {type(s.model).__name__}, whose {n_params} parameters all have requires_grad=False, "
+            f"trainable() ran on {class_name(s.model)}, whose {n_params} parameters all have requires_grad=False, "
             "so it keeps nothing. If you froze the base model before selecting (get_peft_model and "
             "prepare_model_for_kbit_training freeze it too), select first, then freeze; or select by what the "
             "modules are (.linear() - .under('vision_tower')) instead of by grad state.",

@@ -13,6 +13,7 @@ from torch import nn
 from targetsel.bridge.checks.registry import Finding, finding, rule
 from targetsel.bridge.checks.subject import Subject
 from targetsel.bridge.probe import probe_config
+from targetsel.model.wrappers import class_name
 
 
 def _effective_modules_to_save(config) -> list[str]:
@@ -152,7 +153,7 @@ def adapter_name_clash(s: Subject) -> list[Finding]:
     else:
         installed = ""
     message = (
-        f"{len(shown)} base-model name(s) of {type(s.model).__name__} contain {prefix!r}, the prefix PEFT gives "
+        f"{len(shown)} base-model name(s) of {class_name(s.model)} contain {prefix!r}, the prefix PEFT gives "
         f"{s.method}'s own weights: {s.grouped(shown)}. {installed} Older PEFT versions find adapter weights by this "
         "prefix: get_peft_model leaves such parameters trainable and saves them into the adapter file. Rename the "
         "modules if you can; otherwise check print_trainable_parameters() and the saved adapter's keys."

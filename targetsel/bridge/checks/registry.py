@@ -8,7 +8,6 @@ modules in that order; tests/test_checks.py pins it).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from targetsel.bridge.checks.subject import EMPTY, REJECTED, SELECTED, Subject, subject_for, subject_of
 from targetsel.errors import EmptySelectionError, ModulesToSaveOverlapError, NestedTargetsError, PreflightError, TargetselWarning
+from targetsel.model.ranks import warn_once
 from targetsel.model.resolution import Resolution
 
 SEVERITIES = ("error", "warning", "info")
@@ -145,5 +145,5 @@ def enforce(findings: Sequence[Finding], *, strict: bool = True, what: str = "pa
     for f in [*downgraded, *(f for f in findings if f.severity == "warning")]:
         warning = TargetselWarning(f"[{f.code}] {f.message}")
         warning.finding = f  # type: ignore[attr-defined]
-        warnings.warn(warning, stacklevel=stacklevel)
+        warn_once(warning, stacklevel=stacklevel)  # raised on every rank, printed on rank 0 (model/ranks.py)
     return downgraded

@@ -7,6 +7,7 @@ import torch
 from targetsel.bridge.checks.registry import Finding, finding, rule
 from targetsel.bridge.checks.subject import EMPTY, Subject
 from targetsel.bridge.match_fields import set_fields, without
+from targetsel.model.wrappers import class_name
 
 
 @rule("empty-selection", "error", peft_fails=True, runs_on=(EMPTY,))
@@ -21,7 +22,7 @@ def empty_selection(s: Subject) -> list[Finding]:
     cfg = s.config
     text = (
         f"{type(cfg).__name__}(target_modules={cfg.target_modules!r}) targets none of the "
-        f"{s.index.size - 1} modules of {type(s.model).__name__}"
+        f"{s.index.size - 1} modules of {class_name(s.model)}"
     )
     cleared = _without_removing_fields(s)
     if cleared:

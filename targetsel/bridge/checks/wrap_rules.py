@@ -14,6 +14,7 @@ from torch import nn
 from targetsel.bridge.checks.registry import Finding, finding, rule
 from targetsel.bridge.checks.subject import Subject
 from targetsel.model.quantized import family_of_class
+from targetsel.model.wrappers import user_class
 
 
 def _by_class(s: Subject, positions: Sequence[int]) -> dict[type, list[int]]:
@@ -34,7 +35,7 @@ def container_target(s: Subject) -> list[Finding]:
     if not positions:
         return []
     groups = _by_class(s, positions)
-    kinds = ", ".join(f"{cls.__name__} ×{len(p)}" for cls, p in groups.items())
+    kinds = ", ".join(f"{user_class(cls).__name__} ×{len(p)}" for cls, p in groups.items())
     reason = _reason(s, groups)
     message = (
         f"{len(positions)} selected module(s) are containers — modules with children, not layers — that "
@@ -54,7 +55,7 @@ def unsupported_type(s: Subject) -> list[Finding]:
     if not positions:
         return []
     groups = _by_class(s, positions)
-    parts = [f"{cls.__name__} ×{len(ps)} ({s.grouped([s.index.names[i] for i in ps], 3)})" for cls, ps in groups.items()]
+    parts = [f"{user_class(cls).__name__} ×{len(ps)} ({s.grouped([s.index.names[i] for i in ps], 3)})" for cls, ps in groups.items()]
     reason = _reason(s, groups)
     fix = s.fix(
         selection="Keep the layers the method wraps: add .linear() (& linear in a query).",

@@ -33,6 +33,7 @@ class Request:
     parameter_names: tuple[str, ...]     # selected parameters as PEFT names them (target_parameters)
     all_names: tuple[str, ...]           # every named module (root excluded), as trainers walk them
     peft: Any                            # patch()'s LoraConfig: exact targets, parameters and patterns
+    resolution: Any = None               # the module selection, evaluated once (model.resolution.Resolution)
     selection: Any = None
     parameters: Any = None
     ranks: Any = None
@@ -56,10 +57,12 @@ class Request:
         suffix list, the full-name list and the regex (each as far as it exists), without repeats."""
         if not self.names:
             return [[]]
+        from targetsel.views.targets import compile_targets
+
         out: list = [_plain(self.peft.target_modules)]
         for form in ("suffixes", "list", "regex"):
             try:
-                value = self.selection.to_peft(form, check_peft=False)
+                value = compile_targets(self.resolution, form)
             except TargetselError:
                 continue
             if value not in out:
@@ -76,7 +79,7 @@ def build_request(trainer: str, selection, parameters, ranks, alphas) -> Request
     from peft import LoraConfig
 
     from targetsel.bridge.patch import patch
-    from targetsel.selection import Selection
+    from targetsel.model.resolution import Bound
     from targetsel.views.parameters import ParameterSelection, _parametrized_key
 
     if isinstance(selection, ParameterSelection):
@@ -84,7 +87,7 @@ def build_request(trainer: str, selection, parameters, ranks, alphas) -> Request
             raise ExportError("export() got two parameter selections: pass the module Selection first and the "
                               "ParameterSelection as parameters=, or only the ParameterSelection")
         selection, parameters = None, selection
-    if selection is not None and not isinstance(selection, Selection):
+    if selection is not None and not isinstance(selection, Bound):  # a Selection
         raise ExportError(f"export() needs a targetsel Selection (select(model, QUERY)), got {type(selection).__name__}")
     if parameters is not None and not isinstance(parameters, ParameterSelection):
         raise ExportError(f"export(parameters=...) takes a ParameterSelection (sel.parameters(PATTERN)), "
@@ -96,9 +99,11 @@ def build_request(trainer: str, selection, parameters, ranks, alphas) -> Request
     model = (selection if selection is not None else parameters).model
     config = LoraConfig(r=_above(ranks, _DEFAULT_RANK), lora_alpha=_above(alphas, _DEFAULT_RANK))
     names: list[str] = []
+    resolution = None
     if selection is not None:
         config = patch(config, selection, ranks=ranks, alphas=alphas)
-        names = selection.names()
+        resolution = selection.resolution()
+        names = list(resolution.names)
     elif ranks or alphas:
         raise ExportError("ranks= and alphas= map sub-selections of modules; pass the module Selection too")
     parameter_names: list[str] = []
@@ -106,16 +111,19 @@ def build_request(trainer: str, selection, parameters, ranks, alphas) -> Request
         config = patch(config, parameters)
         parameter_names = [_parametrized_key(n) or n for n in parameters.names()]
     classes = {name: type(module).__name__ for name, module in model.named_modules() if name}
+    query = (selection if selection is not None else parameters.selection).query
     return Request(
-        trainer=trainer, model=model, query=(selection or parameters.selection).query, names=tuple(names),
-        parameter_names=tuple(parameter_names), all_names=tuple(classes), peft=config, selection=selection,
+        trainer=trainer, model=model, query=query, names=tuple(names),
+        parameter_names=tuple(parameter_names), all_names=tuple(classes), peft=config, resolution=resolution,
+        selection=selection,
         parameters=parameters, ranks=ranks, alphas=alphas, classes=classes,
     )
 
 
 def _above(mapping, default: int) -> int:
     """An integer larger than every number `mapping` asks for (so none equals the config's default)."""
-    values = [v for v in (mapping or {}).values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    given = mapping.values() if isinstance(mapping, dict) else ()  # patch() says what is wrong with a non-dict
+    values = [v for v in given if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return int(max(values + [default])) + 1
 
 

@@ -9,10 +9,12 @@ them into an existing adapter_config.json clears them.
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 from targetsel.bridge.exports._common import Request
 
 NAME = "peft"
-SOURCE = "the installed peft (LoraConfig fields, peft/tuners/lora/config.py)"
+SOURCE = f"peft {version('peft')}, the installed copy (LoraConfig fields, peft/tuners/lora/config.py)"
 
 # Fields besides the targets that change what PEFT adapts (bridge/patch.py MATCH_CHANGING_FIELDS);
 # layer_replication, trainable_token_indices and ensure_weight_tying are left to their defaults.

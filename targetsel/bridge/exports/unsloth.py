@@ -72,8 +72,9 @@ def _moe_parameters(model, targets) -> list[str]:
         return default
 
     out = []
-    for leaves, (default, alternate) in (({"gate_proj", "up_proj", "gate_up_proj"}, ("mlp.experts.gate_up_proj", "experts.gate_up_proj")),
-                                         ({"down_proj"}, ("mlp.experts.down_proj", "experts.down_proj"))):
+    fused = (({"gate_proj", "up_proj", "gate_up_proj"}, ("mlp.experts.gate_up_proj", "experts.gate_up_proj")),
+             ({"down_proj"}, ("mlp.experts.down_proj", "experts.down_proj")))
+    for leaves, (default, alternate) in fused:
         name = resolve(default, alternate)
         if wanted & leaves and any(n == name or n.endswith("." + name) for n in names):
             out.append(name)
