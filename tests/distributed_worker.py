@@ -32,19 +32,22 @@ QUERIES = {
 WRAPPINGS = ("plain", "fsdp2", "fsdp1", "fsdp1-flat")
 
 
-def build(kind: str):
+def build(kind: str, device: str = "cpu"):
+    """The model with real weights (the same on every rank, as a checkpoint load gives), or on "meta"."""
     import torch
 
-    torch.manual_seed(0)  # the same weights on every rank, as a checkpoint load gives
+    torch.manual_seed(0)
     if kind == "llama":
         import transformers
 
-        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                          num_key_value_heads=2, vocab_size=96, max_position_embeddings=64)
-        return transformers.LlamaForCausalLM(config)
+        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, vocab_size=96,
+                                          max_position_embeddings=64)
+        with torch.device(device):
+            return transformers.LlamaForCausalLM(config)
     from targetsel.demo import build_demo_model
 
-    return build_demo_model(device="cpu", vocab=256, d_vision=32, d_text=64, vision_layers=2, text_layers=2)
+    return build_demo_model(device=device, vocab=256, d_vision=32, d_text=64, vision_layers=2, text_layers=2)
 
 
 def blocks(model):
@@ -166,6 +169,14 @@ def peft_flow(kind: str, how: str, rank: int) -> dict:
     if how == "fsdp2":  # PEFT directly on the sharded model (DTensor base weights): the same adapters
         direct = get_peft_model(wrap(build(kind), how), config)
         out["direct_audit_ok"] = audit(direct, lock).ok
+    # The README's flow: select and patch once on the meta model, adapt the rank-local model, shard, audit
+    meta_sel = select(build(kind, "meta"), query)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        meta_config = patch(LoraConfig(r=4, lora_alpha=8), meta_sel)
+    meta_lock = meta_sel.lock()
+    out["meta_flow_audit_ok"] = audit(wrap(get_peft_model(build(kind), meta_config), how, peft=True), meta_lock).ok
+    out["meta_lock_is_the_sharded_lock"] = meta_lock["hash"] == lock["hash"]
     if kind == "llama":  # one real step through the sharded adapters
         ids = torch.randint(3, 90, (2, 8), generator=torch.Generator().manual_seed(rank))
         loss = peft_model(input_ids=ids, labels=ids).loss

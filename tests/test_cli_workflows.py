@@ -421,6 +421,9 @@ CLASSES = [
     ({"architectures": ["LlamaForCausalLM"]}, ["--model-class", "NoSuchModel"], 2, "NoSuchModel: not found in transformers"),
     ({"architectures": ["LlamaForCausalLM"]}, ["--model-class", "torch.nn:Linear"], 2, "cannot build torch.nn:Linear"),
     ({"architectures": ["LlamaForCausalLM"]}, ["--model-class", "no_such_pkg_x:Model"], 2, "no_such_pkg_x:Model: not found"),
+    # a model type transformers registers no model class for: nothing to suggest but --model-class
+    ({"model_type": "blip_text_model", "architectures": ["FooBarModel"]}, [], 2,
+     "so it is not remote code transformers can load. Pass --model-class NAME"),
 ]
 
 
@@ -493,6 +496,57 @@ def test_unreachable_hub_fails_at_once_in_one_line(tmp_path, spec, changes, frag
                    env=env, capture_output=True, timeout=900)
     baseline = time.perf_counter() - start
     assert elapsed - baseline < 15, f"{elapsed:.1f} s (a process importing the same: {baseline:.1f} s)"
+
+
+def _hub_env(tmp_path, **changes):
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf-home")}
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(key)
+    return {**env, **changes}
+
+
+def test_unreachable_hub_still_reads_a_cached_config(tmp_path, llama_json):
+    """The probe fails, so the config comes from the local cache (as huggingface_hub lays it out)."""
+    repo = tmp_path / "hf-home" / "hub" / "models--Org--TinyLlama"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text(json.dumps(llama_json))
+    result = run("show", "Org/TinyLlama", "glob:**.q_proj", "--format", "list",
+                 env=_hub_env(tmp_path, HF_ENDPOINT="http://127.0.0.1:9"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+
+
+def test_a_reachable_hub_without_the_repo_says_so_in_one_line(tmp_path):
+    """The hub answers (a local server standing in for it, 404 for everything): no offline message,
+    transformers' own reason, once."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run("show", "Org/NoSuchModel", env=_hub_env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}"))
+    finally:
+        server.shutdown()
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("targetsel: error: no such file or directory 'Org/NoSuchModel', and transformers "
+                                    "cannot build a config from 'Org/NoSuchModel': ")
+    assert "not reachable" not in result.stderr
 
 
 # ---------------------------------------------------------------------------- start-up

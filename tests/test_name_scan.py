@@ -164,3 +164,43 @@ def test_random_regexes_bulk_equals_per_name(pattern, names):
     except (TimeoutError, RuntimeError, regex.error):
         return
     assert search_names(pattern, names, everything, NameTable(names)) == expected
+
+
+DIGIT_NAMES = ["", "a", "x1", "x12", "x٣", "layers.7.mlp", "layers.70.mlp", "layers.007.mlp", "e9.up_proj", "0", "00", "12a34",
+               "vision.blocks.3.fc1", "vision.blocks.31.fc2", "q4_proj", "h100", "x2", "layers.8.mlp", "layers.71.mlp",
+               "vision.blocks.4.fc1", "h200", "x99"]
+
+
+@pytest.mark.parametrize("pattern, blind", [
+    (r"\d", True), (r"^\w+\.\d+\.mlp$", True), (r"x\d{2}$", True), (r"[^0-9]$", True), (r"\D+", True), (".", True),
+    (r"x1", False), (r"[0-5]", False), (r"(\d)\1", False), (r"[\D5]", False), (r"fc[12]", False), (r"\d+[a-z]", True),
+])
+def test_digit_blind_regexes_match_a_name_iff_its_form(pattern, blind):
+    from targetsel.query.patterns import digit_blind
+
+    assert digit_blind(pattern) is blind
+    forms, form_of = NameTable(DIGIT_NAMES).forms()
+    assert len(forms) < len(DIGIT_NAMES) and all(forms[f] == n.translate(str.maketrans("123456789", "0" * 9))
+                                                   for n, f in zip(DIGIT_NAMES, form_of))
+    if blind:
+        search = compile_regex(pattern).search
+        assert [bool(search(forms[f])) for f in form_of] == [bool(search(n)) for n in DIGIT_NAMES]
+
+
+@pytest.mark.parametrize("query", ["name:/\\d+\\.mlp$/", "name:/./", "glob:**.mlp", "glob:layers.*.mlp", "name:/x\\d$/",
+                                   "glob:*", "name:/^\\D*$/", "name:/layers\\.7\\./", "glob:layers.{7,70}.mlp"])
+def test_selecting_through_forms_equals_matching_each_name(query):
+    """The model layer matches digit-blind patterns on the names' forms (model/matches.py)."""
+    from torch import nn
+
+    from targetsel import select
+    from targetsel.query.parser import parse
+
+    model = nn.Module()
+    for i in range(40):
+        block = nn.Module()
+        block.mlp = nn.Linear(1, 1, device="meta")
+        model.add_module(f"x{i}", block)
+    atom = parse(query).root
+    test = (compile_regex(atom.pattern).search if atom.kind == "name" else compile_glob(atom.pattern).fullmatch)
+    assert select(model, query).names() == [n for n, _ in model.named_modules() if n and test(n)]

@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing, checkpoint_wrapper
 
 import trainer_models as tm
-from targetsel import ConfigError, TargetselError, audit, check, patch, select, verify
+from targetsel import ConfigError, TargetselError, audit, check, dry_run, patch, select, verify
 from targetsel.model import ranks
 from targetsel.model.index import get_index
 from targetsel.model.wrappers import (FlatEntry, class_name, global_numel, global_shape, peft_view, unwrapped,
@@ -150,6 +150,28 @@ def test_the_config_is_exact_before_and_after_wrapping_and_peft_adapts_it_on_bot
     peft_model = get_peft_model(plain, config)  # PEFT first, wrappers after (the usual order)
     apply_activation_checkpointing(peft_model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=decoder_layers)
     assert audit(peft_model, lock).ok
+
+
+def decoder_layers_and_mlps(m) -> bool:
+    return type(m).__name__ in ("LlamaDecoderLayer", "LlamaMLP")
+
+
+@pytest.mark.parametrize("config,expect", [
+    # a name that is a wrapper's on the wrapped model: only PEFT itself can say what happens (it refuses)
+    (LoraConfig(target_modules=["mlp"]), dict(how="peft", error="ValueError: Target module CheckpointWrapper(")),
+    # modules_to_save on a wrapped model: PEFT's own _set_trainable, names reported as on the plain model
+    (LoraConfig(target_modules=["q_proj"], modules_to_save=["lm_head"]),
+     dict(how="peft", modules=("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"),
+          saved=("lm_head",), reloads=None)),
+    # names only: the fast path, matched against the wrapped model's own names
+    (LoraConfig(target_modules=["q_proj"]), dict(how="fast", modules=("model.layers.0.self_attn.q_proj",
+                                                                       "model.layers.1.self_attn.q_proj"))),
+])
+def test_dry_run_on_a_wrapped_model_is_what_peft_does_there(config, expect):
+    result = dry_run(checkpointed(decoder_layers_and_mlps), config)
+    for field, value in expect.items():
+        got = getattr(result, field)
+        assert got.startswith(value) if field == "error" else got == value, field
 
 
 def q_proj_layers(m) -> bool:

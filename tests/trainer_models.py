@@ -44,7 +44,8 @@ def qwen2_vl() -> nn.Module:
         vision_config={"depth": 1, "embed_dim": 16, "hidden_size": 16, "num_heads": 2, "mlp_ratio": 2, "in_chans": 3,
                        "patch_size": 14, "temporal_patch_size": 2, "spatial_merge_size": 2},
         text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "num_key_value_heads": 1, "vocab_size": 64, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]}},
+                     "num_key_value_heads": 1, "vocab_size": 64, "bos_token_id": 0, "eos_token_id": 1,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]}},
     )
     with torch.device("meta"):
         return transformers.Qwen2VLForConditionalGeneration(config)

@@ -19,7 +19,6 @@ def show_adapter(model, spec: str, fmt: str, rank: Optional[int], model_spec: st
     from targetsel.bridge.checks import check
     from targetsel.bridge.verify import dry_run
     from targetsel.selection import select
-    from targetsel.views import display
 
     config = read_peft_config(spec)
     with progress("checking"):
@@ -28,49 +27,60 @@ def show_adapter(model, spec: str, fmt: str, rank: Optional[int], model_spec: st
     chosen = set(injection.modules)
     sel = select(model).where(lambda name, module: name in chosen)
     res = sel.resolution()
-    names = list(res.names)
-    errors = sum(f.severity == "error" for f in findings)
     if fmt in ("list", "regex"):
-        if names:
-            out("\n".join(names) if fmt == "list" else sel.regex())
+        if res.names:
+            out("\n".join(res.names) if fmt == "list" else sel.regex())
         for f in findings:  # the answer stays on stdout for scripts; what is wrong with it goes to stderr
             print(f"{f.severity} [{f.code}] {f.message.splitlines()[0]}", file=sys.stderr)
     elif fmt in ("json", "yaml"):
-        data = {
-            "model": model_spec,
-            "model_class": res.model_class,
-            "modules_in_model": res.module_count,
-            "config": spec,
-            "peft_type": str(getattr(config.peft_type, "value", config.peft_type)),
-            "target_modules": _plain(injection.target_modules),
-            "count": len(names),
-            "groups": display.summary_rows(res),
-            "names": names,
-            "parameters": list(injection.parameters),
-            "modules_to_save": list(injection.saved),
-            "trainable_tokens": list(injection.tokens),
-            "peft_error": injection.error,
-            "findings": [f.to_dict() for f in findings],
-            "errors": errors,
-            "warnings": sum(f.severity == "warning" for f in findings),
-        }
-        if rank is not None:
-            data["rank"] = rank
-            data["lora_params"] = display.lora_params(res, rank)
-        out(dump(data, fmt))
+        out(dump(_data(res, spec, config, injection, findings, rank, model_spec), fmt))
     else:
-        lines = display.render_text(res, r=rank or 16).splitlines()
-        target = _short(_plain(config.target_modules))
-        lines[0] = (f"{spec}: {type(config).__name__}(target_modules={target}) — get_peft_model adapts "
-                    f"{len(names)} of {res.module_count} modules of {res.model_class}")
-        if not names:
-            lines[1:] = ["  no module" + (f": get_peft_model raises {injection.error}" if injection.error else "")]
-        out("\n".join(lines + _extras(injection)) + "\n")
-        for f in findings:
-            out(f"{f.severity} [{f.code}] {f.message}\n")
-        counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
-        out(", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in counts.items()) if findings else "no findings")
-    return 1 if errors else 0
+        out(_table(res, spec, config, injection, findings, rank))
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+def _data(res, spec: str, config, injection, findings, rank: Optional[int], model_spec: str) -> dict:
+    from targetsel.views import display
+
+    data = {
+        "model": model_spec,
+        "model_class": res.model_class,
+        "modules_in_model": res.module_count,
+        "config": spec,
+        "peft_type": str(getattr(config.peft_type, "value", config.peft_type)),
+        "target_modules": _plain(injection.target_modules),
+        "count": res.count,
+        "groups": display.summary_rows(res),
+        "names": list(res.names),
+        "parameters": list(injection.parameters),
+        "modules_to_save": list(injection.saved),
+        "trainable_tokens": list(injection.tokens),
+        "peft_error": injection.error,
+        "findings": [f.to_dict() for f in findings],
+        "errors": sum(f.severity == "error" for f in findings),
+        "warnings": sum(f.severity == "warning" for f in findings),
+    }
+    if rank is not None:
+        data["rank"] = rank
+        data["lora_params"] = display.lora_params(res, rank)
+    return data
+
+
+def _table(res, spec: str, config, injection, findings, rank: Optional[int]) -> str:
+    """The selection table with a header naming the config, then the findings as `check` prints them."""
+    from targetsel.views import display
+
+    lines = display.render_text(res, r=rank or 16).splitlines()
+    lines[0] = (f"{spec}: {type(config).__name__}(target_modules={_short(_plain(config.target_modules))}) — "
+                f"get_peft_model adapts {res.count} of {res.module_count} modules of {res.model_class}")
+    if not res.count:
+        lines[1:] = ["  no module" + (f": get_peft_model raises {injection.error}" if injection.error else "")]
+    lines += _extras(injection) + [""]
+    lines += [f"{f.severity} [{f.code}] {f.message}\n" for f in findings]
+    counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
+    lines.append(", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in counts.items())
+                 if findings else "no findings")
+    return "\n".join(lines)
 
 
 def _plain(value):

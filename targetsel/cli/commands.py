@@ -40,8 +40,10 @@ examples:
 
 MODEL is `demo`, a local model directory or config.json (built on the meta device as the class
 its `architectures` names: no weights are loaded), a Hugging Face hub id (config only), or
-package.module:factory; --trust-remote-code builds a model that ships its own code. Exit codes: 0 ok, 1 errors found by check/patch, 2 usage or bad input,
-3 internal error (a bug: please report it).
+package.module:factory; --trust-remote-code builds a model that ships its own code, and
+--freeze/--unfreeze QUERY set requires_grad as your training script does before anything is
+selected. Exit codes: 0 ok, 1 errors found by check/patch (or by show on an adapter config),
+2 usage or bad input, 3 internal error (a bug: please report it).
 """
 
 

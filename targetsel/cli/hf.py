@@ -171,7 +171,7 @@ def _build(name: str, config, source: str, trust_remote_code: bool, hint: Option
     cls, auto_key = _resolve_class(name, config, trust_remote_code)
     if cls is None:
         if hint is None:
-            raise ModelLoadError(_unknown_architecture(name, config, source, trust_remote_code))
+            raise ModelLoadError(_unknown_architecture(name, config, source))
         raise ModelLoadError(f"cannot build a model from {source}: {name}: not found in transformers")
     try:
         with torch.device("meta"):
@@ -206,18 +206,16 @@ def _resolve_class(name: str, config, trust_remote_code: bool):
         return None, None
 
 
-def _unknown_architecture(name: str, config, source: str, trust_remote_code: bool) -> str:
+def _unknown_architecture(name: str, config, source: str) -> str:
     import transformers
 
     model_type = getattr(config, "model_type", None)
     auto_map = getattr(config, "auto_map", None) or {}
-    remote = [key for key, ref in auto_map.items() if str(ref).split(".")[-1] == name]
+    remote = [key for key, ref in auto_map.items() if key.startswith("AutoModel") and str(ref).split(".")[-1] == name]
     text = (f"{source} names architectures {name!r}, which transformers {transformers.__version__} does not have; "
             "targetsel does not build another class in its place (its module names could differ from the model you train)")
-    if remote and not trust_remote_code:
+    if remote:  # (with --trust-remote-code, _resolve_class has returned its auto class instead)
         return text + f". Its code comes with the model (auto_map {remote[0]} → {auto_map[remote[0]]}): pass --trust-remote-code to build it"
-    if remote:  # trusted, yet transformers found no class of that name in the model's code
-        return text + f" (auto_map {remote[0]} → {auto_map[remote[0]]} names it, but no such class was found there)"
     # no auto_map entry: --trust-remote-code would not help, transformers has nothing to run
     text += f". The config has no auto_map entry for {name!r}, so it is not remote code transformers can load"
     known = known_classes(model_type)

@@ -28,10 +28,18 @@ class EvalContext:
     def __init__(self, index: ModelIndex):
         self.index = index
         self._grad = None
+        self._grad_within = None
 
-    def grad(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._grad is None:
-            self._grad = self.index.grad_counts()
+    def grad(self, within: "torch.Tensor | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(parameters used, of which requires_grad) per module: right at `within`'s positions (every
+        position when None), read once per evaluation — and only for the parameters those modules use."""
+        covered = self._grad_within
+        if self._grad is not None and (covered is None or (within is not None and not bool((within & ~covered).any()))):
+            return self._grad
+        if within is not None and covered is not None:
+            within = within | covered
+        self._grad = self.index.grad_counts(within=within)
+        self._grad_within = within
         return self._grad
 
 
@@ -84,7 +92,8 @@ def _model_label(index: ModelIndex) -> str:
 
 # ---------------------------------------------------------------------------- evaluation
 
-_CHEAP_FIRST = {"and": 5, "or": 5, "not": 5, "diff": 5, "name": 8, "glob": 7, "where": 9}
+# Grad-state flags read one flag per parameter under the domain: after the structural atoms narrow it.
+_CHEAP_FIRST = {"trainable": 4, "frozen": 4, "mixed": 4, "and": 5, "or": 5, "not": 5, "diff": 5, "name": 8, "glob": 7, "where": 9}
 
 
 def evaluate(node, ctx: EvalContext, domain: torch.Tensor) -> torch.Tensor:
@@ -107,7 +116,7 @@ def _flag(node: N.Flag, ctx: EvalContext, domain):
         return domain & index.leaf_mask()
     if kind == "outermost":
         return domain & ~index.ancestors_mask(index.universe())  # outermost of everything
-    total, rg = ctx.grad()
+    total, rg = ctx.grad(domain)  # right at the domain's positions, which is all the result keeps
     has = total > 0
     if kind == "trainable":
         return domain & has & (rg == total)

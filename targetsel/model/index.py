@@ -208,16 +208,34 @@ class ModelIndex:
         return bool_tensor(map(_REQUIRES_GRAD, self.params))
 
     @single_threaded
-    def grad_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def grad_counts(self, within: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(parameters used, of which requires_grad) per module, read now.
 
         The flags are read at every call; only their subtree sums are reused while the flags read
-        equal the ones they were computed from. Callers must not modify the tensors returned."""
+        equal the ones they were computed from. Callers must not modify the tensors returned.
+        `within` (a mask): only those modules' counts are needed, so only the parameters they use
+        are read — the counts elsewhere are then meaningless."""
+        if within is not None and 4 * int(within.sum()) < self.size:
+            needed = self._params_used(within)
+            if 2 * len(needed) < len(self.params):
+                read = bool_tensor(map(_REQUIRES_GRAD, map(self.params.__getitem__, needed.tolist())))
+                last = self._grad_sums
+                if last is not None and torch.equal(last[0][needed], read):
+                    return self.param_counts(), last[1]
+                flags = torch.zeros(len(self.params), dtype=torch.bool)
+                flags[needed] = read
+                return self.param_counts(), self.subtree_sum(flags)
         flags = self.requires_grad_vector()
         last = self._grad_sums
         if last is None or not torch.equal(last[0], flags):
             last = self._grad_sums = (flags, self.subtree_sum(flags))
         return self.param_counts(), last[1]
+
+    def _params_used(self, within: torch.Tensor) -> torch.Tensor:
+        """Indices (sorted) of the parameters the modules of `within` use: registered in their subtrees."""
+        covered = within | self.ancestors_mask(within)
+        reg_pos, reg_param, _ = self.registrations
+        return torch.unique(reg_param[covered[reg_pos]])
 
     # ------------------------------------------------------------------ special modules
     def output_head_position(self) -> Optional[int]:

@@ -191,6 +191,12 @@ def glob_names(pattern: str, names: list[str], indices: list[int], table: "NameT
     return [i for i in indices if literal in names[i] and full(names[i])]
 
 
+def glob_digit_blind(pattern: str) -> bool:
+    """Does the glob treat every ASCII digit alike (no digit written, no class or range naming some)?"""
+    found = shape("^(?:" + glob_to_regex(pattern) + ")$")
+    return found is not None and found.digit_blind
+
+
 @functools.lru_cache(maxsize=512)
 def _glob_bulk(pattern: str):
     # A full match is a search anchored at both ends, for names without a newline.

@@ -25,7 +25,7 @@ from targetsel.query.regex_shape import Shape
 class NameTable:
     """The names of one model (positions are indices into `names`), joined once for bulk scans."""
 
-    __slots__ = ("names", "joined", "newline_free", "_line_of_end")
+    __slots__ = ("names", "joined", "newline_free", "_line_of_end", "_forms")
 
     def __init__(self, names: list[str]):
         self.names = names
@@ -34,6 +34,7 @@ class NameTable:
         # are matched name by name (torch accepts any module name without a dot).
         self.newline_free = self.joined.count("\n") == max(len(names) - 1, 0)
         self._line_of_end: Optional[dict] = None
+        self._forms: Optional[tuple] = None
 
     def line_of_end(self) -> dict:
         """End offset of each name in `joined` → its position."""
@@ -42,29 +43,41 @@ class NameTable:
         return self._line_of_end
 
 
+    def forms(self) -> "tuple[list[str], list[int]]":
+        """(the distinct names with every ASCII digit written 0, the form of each name): a digit-blind
+        regex (`Shape.digit_blind`) matches a name iff it matches its form, and a model of 60k
+        modules has a few hundred forms (`model.layers.00.mlp.experts.000.up_proj`)."""
+        if self._forms is None:
+            written = list(map(_DIGITS_AS_ZERO, self.names))
+            forms = list(dict.fromkeys(written))
+            self._forms = forms, list(map(dict(zip(forms, count())).__getitem__, written))
+        return self._forms
+
+
+_DIGITS_AS_ZERO = methodcaller("translate", str.maketrans("123456789", "000000000"))
+
+
 def _line_ends(names: list[str], positions) -> dict:
     return dict(zip(map(add, accumulate(map(len, names)), count()), positions))
 
 
 _LINE_END = methodcaller("end")
-_ANCHORS = {"prefix": ("^(?:", ")[^\n]*"), "suffix": ("(?:", ")$"), "equal": ("^(?:", ")$"), "contains": ("(?:", ")[^\n]*")}
+_TESTS = {"prefix": str.startswith, "suffix": str.endswith, "contains": lambda name, texts: True,
+          "equal": lambda name, texts: name in texts}
 
 
-def _filter(table: NameTable, positions: list[int], kind: str, texts) -> list[int]:
+def _filter(table: NameTable, positions, kind: str, texts) -> list[int]:
     """The positions whose name starts with / ends with / equals / contains one of `texts`."""
     names = table.names
     texts = tuple(sorted(texts))
     if kind == "contains" and "" in texts:
         return list(positions)
-    if len(positions) == len(names) and len(texts) <= 8:
-        # Over all names, a text few names hold is found faster by the C string search behind a
-        # literal regex on the joined names (one dict lookup per hit) than by a test per name.
-        hits = sum(map(table.joined.count, texts))
-        if 8 * hits < len(names):
-            head, tail = _ANCHORS[kind]
-            # Escaped literal alternatives only: the standard library's engine cannot backtrack badly on them.
-            scan = re.compile(head + "|".join(map(re.escape, texts)) + tail, re.MULTILINE)
-            return list(dict.fromkeys(map(table.line_of_end().__getitem__, map(_LINE_END, scan.finditer(table.joined)))))
+    if len(positions) == len(names) and len(texts) <= 8 and table.newline_free:
+        # Over all names, a text few names hold is found faster by C's string search over the
+        # joined names (then one test per name holding it) than by a test per name.
+        joined = table.joined
+        if 8 * sum(map(joined.count, texts)) < len(names):
+            return _scan(table, kind, texts)
     if kind == "prefix":
         return [i for i in positions if names[i].startswith(texts)]
     if kind == "suffix":
@@ -79,6 +92,20 @@ def _filter(table: NameTable, positions: list[int], kind: str, texts) -> list[in
     return [i for i in positions if search(names[i])]
 
 
+def _scan(table: NameTable, kind: str, texts: tuple) -> list[int]:
+    joined, names, line_of_end = table.joined, table.names, table.line_of_end()
+    test = _TESTS[kind]
+    wanted = frozenset(texts) if kind == "equal" else texts
+    found: dict[int, None] = {}
+    # Escaped literal alternatives only: the standard library's engine cannot backtrack badly on them.
+    for m in re.finditer("|".join(map(re.escape, texts)), joined):
+        end = joined.find("\n", m.end())
+        position = line_of_end[len(joined) if end < 0 else end]
+        if position not in found and test(names[position], wanted):
+            found[position] = None
+    return sorted(found)
+
+
 def _exact(table: NameTable, positions: list[int], branches) -> list[int]:
     """The names one of the literal branches (anchored at the start?, at the end?, texts) accepts."""
     found: set[int] = set()
@@ -88,6 +115,14 @@ def _exact(table: NameTable, positions: list[int], branches) -> list[int]:
         if len(branches) == 1:
             return hits
         found.update(hits)
+    return sorted(found)
+
+
+def named(table: NameTable, name: str) -> list[int]:
+    """Positions whose name is `name` or ends with '.' + `name` (PEFT's suffix rule), in order."""
+    everything = range(len(table.names))
+    found = set(_filter(table, everything, "suffix", ("." + name,)))
+    found.update(_filter(table, everything, "equal", (name,)))
     return sorted(found)
 
 

@@ -244,6 +244,13 @@ def search_names(pattern: str, names: list[str], indices: list[int], table: "Nam
         ) from None
 
 
+def digit_blind(pattern: str) -> bool:
+    """Does the regex treat every ASCII digit alike (query/regex_shape.py)? Checks the regex first."""
+    compile_regex(pattern)
+    found = shape(pattern)
+    return found is not None and found.digit_blind
+
+
 @functools.lru_cache(maxsize=512)
 def _bulk(pattern: str):
     """(shape, line regex) of a regex that can be matched in bulk, or None."""

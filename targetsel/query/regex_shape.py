@@ -42,6 +42,9 @@ class Shape:
     line_regex: str
     ignore_case: bool
     ascii: bool
+    # Every ASCII digit is alike to it (no digit written, no class holding some digits but not all, no
+    # backreference): it matches a name iff it matches the name with each ASCII digit written as 0.
+    digit_blind: bool = False
 
 
 class _Unsupported(Exception):
@@ -56,6 +59,7 @@ class _Reader:
         self.i = 0
         self.splices: list[tuple[int, int, str]] = []
         self.flags = set()
+        self.digit_blind = True
         self.groups = 0
 
     def read(self):
@@ -136,6 +140,8 @@ class _Reader:
         return self.literal(c), "consumer"
 
     def literal(self, c: str) -> Info:
+        if "0" <= c <= "9":
+            self.digit_blind = False
         return UNKNOWN_CHAR if "i" in self.flags else info(frozenset({c}), True)
 
     def escape(self) -> tuple[Info, str]:
@@ -152,6 +158,7 @@ class _Reader:
         if c in "bB":
             return ZERO_WIDTH, "assert"
         if c in "123456789" and not (self.i < len(self.p) and self.p[self.i].isdigit()):
+            self.digit_blind = False  # (\d)\1 tells 12 from 11
             return BACKREF, "consumer"
         if c.isalnum() or c == "\n" or not c.isascii():
             raise _Unsupported  # \A \Z \p \N \x \n \G octal … and non-ASCII escapes: not read here
@@ -164,7 +171,8 @@ class _Reader:
         negated = i < len(p) and p[i] == "^"
         i += negated
         chars: set = set()
-        newline = unknown = False
+        newline = unknown = all_digits = False
+        digits: set = set()  # the ASCII digits the class names one by one or by range
         first = True
         while True:
             if i >= len(p):
@@ -179,7 +187,7 @@ class _Reader:
                 e = p[i + 1] if i + 1 < len(p) else ""
                 i += 2
                 if e in ("d", "w", "S"):
-                    unknown = True
+                    unknown = all_digits = True
                     continue
                 if e in ("s", "D", "W"):
                     unknown = newline = True
@@ -207,11 +215,15 @@ class _Reader:
                     i += 2
             if ord(lo) <= 10 <= ord(hi):
                 newline = True
+            if not (hi < "0" or lo > "9" or (lo <= "0" and hi >= "9")):  # some digits but maybe not all
+                digits.update(chr(k) for k in range(max(ord(lo), 48), min(ord(hi), 57) + 1))
             if ord(hi) - ord(lo) >= 16:
                 unknown = True
             else:
                 chars.update(chr(k) for k in range(ord(lo), ord(hi) + 1))
         self.i = i + 1
+        if digits and len(digits) < 10 and not all_digits:
+            self.digit_blind = False
         if negated and not newline and p[start + 2] != "]" and p[i - 1] != "-":
             self.splices.append((i, i, r"\n"))  # [^.] → [^.\n]: keep it from matching the names' separator
         elif negated != newline:  # it can match "\n": guard it
@@ -234,6 +246,7 @@ class _Reader:
             if end < 0:
                 raise _Unsupported
             self.i = end + 1
+            self.digit_blind = False
             return BACKREF, "consumer"
         for opener, what in (("(?:", "plain"), ("(?>", "atomic"), ("(?=", "look"), ("(?!", "look"),
                              ("(?<=", "look"), ("(?<!", "look"), ("(?P<", "named"), ("(?<", "named"), ("(?", None), ("(", "plain")):
@@ -275,7 +288,8 @@ def shape(pattern: str) -> Optional[Shape]:
         text = text[:start] + new + text[end:]
     icase = "i" in reader.flags
     return Shape(branches=None if icase else exact, filters=() if icase else filters,
-                 line_regex="(?:" + text + r")[^\n]*", ignore_case=icase, ascii="a" in reader.flags)
+                 line_regex="(?:" + text + r")[^\n]*", ignore_case=icase, ascii="a" in reader.flags,
+                 digit_blind=reader.digit_blind)
 
 
 def _branch_tests(branches):
