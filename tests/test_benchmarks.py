@@ -20,15 +20,33 @@ def bench():
 
 
 def test_smallest_size_runs_and_reports_every_figure(bench):
-    result = bench.run(["1k"], real=False, repeat=1, p5=False)
+    result = bench.run(["1k"], real=False, repeat=1, p5=False, fresh=2)
     (row,) = result["rows"]
-    assert {"model", "modules", "walk_s", "P1", "P2", "P3_chars", "P3_value", "P3_exact", "P4", "index_MiB_per_100k"} <= set(row)
+    assert {"model", "modules", "walk_s", "P1", "P1_fresh", "P2", "P3_chars", "P3_value", "P3_exact", "P4", "patch",
+            "index_MiB_per_100k"} <= set(row)
+    assert len(row["P1_fresh"]) == 2 and row["P1"] == min(row["P1_fresh"])
     assert row["modules"] == sum(1 for _ in bench.build_moe(*bench.SIZES["1k"]).named_modules()) - 1
     assert row["P3_exact"] is True and row["P3_chars"] <= 200
     value = row["P3_value"]
     assert isinstance(value, str) and value.startswith("^")  # one anchored regex for the routed experts
+    # every kind of atom has its named row, each timed repeated and with patterns new to the index
+    from queries import QUERIES
+
+    atoms = result["atoms"]["rows"]
+    assert [r["kind"] for r in atoms] == [kind for kind, _, _ in QUERIES] and all(r["n"] >= 0 for r in atoms)
+    assert {"regex over all names", "glob", "type", "under (name)", "layers", "component", "frozen", "mixed", "trainable + layers",
+            "where (query string)", "not / minus", "or of atoms"} <= {r["kind"] for r in atoms}
+    assert all(r["repeated"] > 0 and r["new"] > 0 for r in atoms)
     table = bench.table(result)
     assert table.splitlines()[0].startswith("| model | modules |") and "per-expert MoE 1k" in table
+    assert "| regex over all names |" in table and "P1 on 2 fresh" in table
+
+
+def test_growth_table_reports_cost_per_module(bench):
+    rows = [{"modules": 1000, "walk_s": 0.002, "P1": 0.9}, {"modules": 100_000, "walk_s": 0.3, "P1": 0.8}]
+    lines = bench.growth_lines(rows)
+    assert "| 1,000 | 2.00 | 1.80 | 0.90× |" in lines and "| 100,000 | 3.00 | 2.40 | 0.80× |" in lines
+    assert lines[-1] == "From 1,000 to 100,000 modules a first query's cost per module changes 1.33×."
 
 
 def test_routed_experts_config_is_small_at_full_size_layout(bench):
