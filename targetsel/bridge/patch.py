@@ -170,15 +170,24 @@ class _Forms:
                 self._values[kind] = None
         return self._values[kind]
 
-    def tries(self, form: str) -> list:
-        """The values patch() tries, in order: for "auto" the shortest first, then each exact form."""
-        from targetsel.views.targets import shortest
+    def tries(self, form: str):
+        """The values patch() tries, in order: for "auto" the shortest first, then each exact form.
+
+        The list form's size is known unchecked; checking it is exact (PEFT's suffix rule over every
+        name) is the slowest step, so it runs only when the list could be shortest or a try failed."""
+        from targetsel.views.targets import shortest, size
 
         if form != "auto":
             value = self.get(form)
-            return [] if value is None else [value]
+            yield from ([] if value is None else [value])
+            return
+        rest = [v for v in map(self.get, self.KINDS[1:]) if v is not None]
+        if rest and size(self.res.names) > size(shortest(rest)):
+            yield shortest(rest)
         exact = [v for v in map(self.get, self.KINDS) if v is not None]
-        return [shortest(exact), *exact] if exact else []
+        if exact:
+            yield shortest(exact)
+            yield from exact
 
     def kept_by_peft(self, kind: str):
         """The value of this form, or `ConfigError` when PEFT rewrites it on this model (`to_peft(kind)`)."""

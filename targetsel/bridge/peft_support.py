@@ -22,6 +22,22 @@ TESTED_PEFT = ((0, 17), (0, 21))
 _warned = False
 
 
+def default_targets(peft_type) -> dict:
+    """PEFT's per-architecture default `target_modules` for a method: model_type → targets.
+
+    peft >= 0.18 keeps the table on the tuner class (`target_module_mapping`); older releases read
+    `peft.utils.constants.TRANSFORMERS_MODELS_TO_<METHOD>_TARGET_MODULES_MAPPING` inside each tuner's
+    `_prepare_adapter_config`."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.utils import constants
+
+    mapping = getattr(PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type), "target_module_mapping", None)
+    if mapping is None:
+        name = str(getattr(peft_type, "value", peft_type)).upper()
+        mapping = getattr(constants, f"TRANSFORMERS_MODELS_TO_{name}_TARGET_MODULES_MAPPING", None)
+    return mapping or {}
+
+
 def untested_peft(version: Optional[tuple[int, ...]] = None) -> Optional[str]:
     """Why `version` (default: the installed PEFT) is outside the tested range, or None."""
     version = installed_peft() if version is None else version

@@ -163,12 +163,10 @@ def converted_names(model: nn.Module, names: list[str]) -> set[str]:
 
 def _infer_default_targets(cfg, model):
     """PEFT fills target_modules=None from its per-architecture table; do the same on the copy."""
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from targetsel.bridge.peft_support import default_targets
 
-    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(cfg.peft_type)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    mapping = getattr(tuner, "target_module_mapping", None) or {}
-    targets = mapping.get(model_type) if model_type else None
+    targets = default_targets(cfg.peft_type).get(model_type) if model_type else None
     if targets is None:
         raise PeftRejectionError(
             f"{type(cfg).__name__}.target_modules is None and PEFT has no default targets for "

@@ -33,9 +33,12 @@ def is_adapter_argument(text: str) -> bool:
     if text.lower().endswith(".json") or text.startswith(("./", "../", "/", "~", ".\\", "..\\")):
         return True
     path = Path(text)
-    if not path.is_dir():
+    try:
+        if not path.is_dir():
+            return False
+        return "/" in text or os.sep in text or (path / ADAPTER_CONFIG).is_file()
+    except OSError:  # a long query is no path the OS accepts ("File name too long"): it is a query
         return False
-    return "/" in text or os.sep in text or (path / ADAPTER_CONFIG).is_file()
 
 
 def read_peft_config(spec: str):
