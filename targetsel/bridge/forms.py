@@ -52,7 +52,7 @@ def _what_peft_adapts_instead(res: Resolution, value) -> str:
     from peft import LoraConfig
 
     from targetsel.bridge.verify import dry_run
-    from targetsel.text.grouping import summarize_names
+    from targetsel.text.grouping import adapter_differences
 
     try:
         outcome = dry_run(res.model, LoraConfig(target_modules=value))
@@ -60,15 +60,7 @@ def _what_peft_adapts_instead(res: Resolution, value) -> str:
         return ""
     if outcome.error is not None:
         return ""
-    selected = res.names
-    wanted, got = set(selected), set(outcome.modules)
-    parts = []
-    lost = [n for n in selected if n not in got]
-    extra = [n for n in outcome.modules if n not in wanted]
-    if lost:
-        parts.append(f"{len(lost)} selected module(s) would get no adapter ({summarize_names(lost, limit=3)})")
-    if extra:
-        parts.append(f"{len(extra)} unselected module(s) would get one ({summarize_names(extra, limit=3)})")
+    parts = adapter_differences(res.names, outcome.modules)
     if outcome.parameters:
         parts.append(f"{len(outcome.parameters)} fused parameter(s) would be adapted instead")
     return "; so " + "; ".join(parts) if parts else ""

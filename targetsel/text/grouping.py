@@ -140,3 +140,18 @@ def short_repr(value, limit: int = 100) -> str:
     """`repr(value)` cut to `limit` characters with an ellipsis, for messages quoting a config value."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def adapter_differences(want, got, what: str = "module", limit: int = 3) -> list[str]:
+    """How an adapted set differs from the wanted one, as clauses: the selected names that would get no
+    adapter, then the unselected ones that would get one (each in order, grouped)."""
+    want, got = list(want), list(got)
+    wanted, adapted = set(want), set(got)
+    lost = [n for n in want if n not in adapted]
+    extra = [n for n in got if n not in wanted]
+    parts = []
+    if lost:
+        parts.append(f"{len(lost)} selected {what}(s) would get no adapter ({summarize_names(lost, limit=limit)})")
+    if extra:
+        parts.append(f"{len(extra)} unselected {what}(s) would get one ({summarize_names(extra, limit=limit)})")
+    return parts

@@ -3,7 +3,7 @@
 A rule is a function `Subject -> list[Finding]` registered with `@rule(code, severity)`; the code's
 spelling is part of the API. Findings are reported errors first, then warnings, then infos, and
 within a severity in the order the codes were registered (checks/__init__.py imports the rule
-modules in that order; tests/test_checks.py pins it).
+modules in that order; tests/bridge/checks/test_registry.py pins it).
 """
 
 from __future__ import annotations

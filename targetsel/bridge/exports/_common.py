@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 from torch import nn
 
 from targetsel.errors import ExportError, TargetselError
-from targetsel.text.grouping import short_repr, summarize_names
+from targetsel.text.grouping import adapter_differences, short_repr, summarize_names
 
 # A module's `r` / `lora_alpha` when asking patch() for rank / alpha keys: larger than every value
 # asked for, so every sub-selection gets a key (the trainer's own default rank is unknown here).
@@ -51,6 +51,11 @@ class Request:
     @property
     def alpha_pattern(self) -> dict:
         return dict(getattr(self.peft, "alpha_pattern", None) or {}) if self.alphas else {}
+
+    def patterns(self, prefix: str = "") -> dict:
+        """The per-module ranks and alphas asked for, under the trainer's key names (`prefix`+rank_pattern)."""
+        found = {"rank_pattern": self.rank_pattern, "alpha_pattern": self.alpha_pattern}
+        return {prefix + key: value for key, value in found.items() if value}
 
     def forms(self) -> list:
         """The exact `target_modules` values for PEFT's own rules: patch()'s pick first, then the
@@ -203,15 +208,8 @@ def _extra_saved(config, outcome) -> list[str]:
 
 
 def _difference(request: Request, outcome, saved=()) -> str:
-    parts = []
-    for what, got, want in (("module", outcome.modules, request.names),
-                            ("parameter", outcome.parameters, request.parameter_names)):
-        lost = [n for n in want if n not in set(got)]
-        extra = [n for n in got if n not in set(want)]
-        if lost:
-            parts.append(f"{len(lost)} selected {what}(s) would get no adapter ({summarize_names(lost, limit=3)})")
-        if extra:
-            parts.append(f"{len(extra)} unselected {what}(s) would get one ({summarize_names(extra, limit=3)})")
+    parts = [*adapter_differences(request.names, outcome.modules, "module"),
+             *adapter_differences(request.parameter_names, outcome.parameters, "parameter")]
     if saved:
         parts.append(f"{summarize_names(list(saved), limit=3)} would be trained in full (modules_to_save)")
     if outcome.tokens:

@@ -41,10 +41,7 @@ def candidates(request: Request):
         if request.parameter_names:
             keys["lora_target_parameters"] = request.target_parameters
             keys["lora_dropout"] = 0.0  # the schema refuses any other dropout beside lora_target_parameters
-        if request.rank_pattern:
-            keys["lora_rank_pattern"] = request.rank_pattern
-        if request.alpha_pattern:
-            keys["lora_alpha_pattern"] = request.alpha_pattern
+        keys.update(request.patterns("lora_"))
         yield keys
 
 

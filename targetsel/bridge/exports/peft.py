@@ -26,10 +26,7 @@ def candidates(request: Request):
     if request.parameter_names:
         keys["target_parameters"] = request.target_parameters
     keys.update({field: None for field in CLEARED})
-    if request.rank_pattern:
-        keys["rank_pattern"] = request.rank_pattern
-    if request.alpha_pattern:
-        keys["alpha_pattern"] = request.alpha_pattern
+    keys.update(request.patterns())
     yield keys
 
 

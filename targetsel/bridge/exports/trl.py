@@ -1,7 +1,7 @@
 """TRL: the `ModelConfig` LoRA fields of a TRL script (`trl sft --config cfg.yaml`, `--lora_target_modules …`).
 
 Replays TRL 1.16.0 (github.com/huggingface/trl, v1.16.0; the installed copy is ground truth and
-tests/test_exports.py runs the real functions against this replay):
+tests/bridge/test_exports.py runs the real functions against this replay):
 
 - `trl/trainer/model_config.py` (`ModelConfig.__post_init__`): a `lora_target_modules` with one
   item is replaced by that item — a string, which PEFT reads as a fullmatch regex: `["q_proj"]`

@@ -153,12 +153,8 @@ def candidates(request: Request):
         if value is None or value in seen:
             continue
         seen.append(value)
-        keys: dict = {"target_modules": value, "target_parameters": request.target_parameters, **FLAGS}
-        if request.rank_pattern:
-            keys["rank_pattern"] = request.rank_pattern
-        if request.alpha_pattern:
-            keys["alpha_pattern"] = request.alpha_pattern
-        yield keys
+        yield {"target_modules": value, "target_parameters": request.target_parameters, **FLAGS,
+               **request.patterns()}
 
 
 def why_not(request: Request, failed: list) -> str:

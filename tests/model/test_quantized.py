@@ -26,7 +26,7 @@ from targetsel.views.display import summary_rows
 
 from models import demo
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=128, hidden_size=64,
              intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)

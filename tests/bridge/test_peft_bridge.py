@@ -226,7 +226,7 @@ def test_audit_on_an_unwrapped_selection_model_evaluates_it_now():
     assert audit(peft_model, sel).ok
 
 
-# audit() errors, parameters, snapshots and selections made before injection: tests/test_audit.py
+# audit() errors, parameters, snapshots and selections made before injection: tests/bridge/test_audit.py
 
 
 # ---------------------------------------------------------------------------- locks and drift
