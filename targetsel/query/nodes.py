@@ -71,6 +71,11 @@ class _Node(BaseModel, metaclass=_TargetselErrors):
         """(nesting depth, size) — see `tree.measure`; kept so that a parent measures in O(children)."""
         return measure(self)
 
+    @property
+    def nesting(self) -> int:
+        """Compound nodes (`!`, `-`, `&`, `|`, `under:(…)`) on the longest path down to an atom."""
+        return self.shape[0]
+
     def __str__(self) -> str:
         return to_query(self)
 
