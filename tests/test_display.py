@@ -67,6 +67,7 @@ def test_tens_of_thousands_of_modules_in_about_ten_lines(moe):
         "  layers.{0..47}.attn.{q,k,v,o}_proj             192 × Linear(64→64)   trainable    786K params",
         "  layers.{0..47}.experts.{0..63}.{gate,up}_proj  6144 × Linear(64→32)  trainable   12.6M params",
         "  layers.{0..47}.experts.{0..63}.down_proj       3072 × Linear(32→64)  trainable   6.29M params",
+        "  layers: layers " + "▮" * 48 + " 48/48",
         f"9408 modules · 19.7M parameters ({linear_params / (linear_params + 6144):.1%} of 19.7M)"
         f" · LoRA r=16 adds {human(16 * (192 * 128 + 9216 * 96))}",
     ]
@@ -317,7 +318,9 @@ def odd_model():
 def test_html_is_a_real_escaped_table():
     out = render_html(select(odd_model(), "linear").resolution())
     assert out.startswith("<table") and out.endswith("</table>")
-    assert "<thead><tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr></thead>" in out
+    right = ("count", "parameters")
+    assert "<thead><tr>" + "".join(f"<th style='text-align:right'>{c}</th>" if c in right else f"<th>{c}</th>"
+                                   for c in COLUMNS) + "</tr></thead>" in out
     assert "<code>a&lt;b&gt;&amp;c</code>" in out and "a<b>" not in out
     assert "<td>Odd&lt;Class&gt;</td>" in out and "q&quot;uote&#x27;" in out
     assert "<caption style='text-align:left'><code>linear</code>" in out
@@ -337,7 +340,8 @@ def test_html_caps_rows_and_says_how_many_more(moe):
 def test_text_has_no_ansi_and_aligned_columns():
     text = render_text(select(models.demo(), "linear & trainable").resolution())
     assert not ANSI.search(text)
-    rows = text.splitlines()[1:-1]
+    rows = text.splitlines()[1:-2]  # the per-layer strip and the totals follow the rows
+    assert text.splitlines()[-2] == "  layers: language_model.layers ▮▮▮▮▮▮ 6/6"
     assert len({row.index(" × ") - len(row.split()[1]) for row in rows}) == 1  # counts right-aligned before "×"
     assert len({row.index("trainable") for row in rows}) == 1
 
@@ -371,7 +375,8 @@ def test_rich_table_columns_and_caption():
     table = render_rich(select(models.demo(), "linear & trainable").resolution())
     assert [c.header for c in table.columns] == list(COLUMNS)
     assert "Selection('linear & trainable')" in str(table.title)
-    assert re.match(r"92 modules · [\d.]+M parameters", str(table.caption))
+    strip, totals = str(table.caption).splitlines()
+    assert strip == "layers: language_model.layers ▮▮▮▮▮▮ 6/6" and re.match(r"92 modules · [\d.]+M parameters", totals)
 
 
 def test_empty_selection_says_why_in_every_form():

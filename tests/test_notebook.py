@@ -61,9 +61,14 @@ def test_no_cell_raised(executed):
 def test_query_one_liner_shows_a_table(executed):
     data = _display(executed[1])
     html = data["text/html"]
-    assert html.startswith("<table") and "<thead><tr><th>group</th><th>count</th><th>class</th>" in html
+    assert html.startswith("<table") and "<thead><tr><th>group</th><th style='text-align:right'>count</th><th>class</th>" in html
     assert "<code>linear &amp; trainable</code>" in html  # the canonical query is the caption
-    assert "<code>language_model.layers.{0..5}.self_attn.{q,k,v,o}_proj</code></td><td>24</td><td>PLoRA</td>" in html
+    assert ("<code>language_model.layers.{0..5}.self_attn.{q,k,v,o}_proj</code></td><td style='text-align:right'>24</td>"
+            "<td>PLoRA</td>") in html  # numbers right-aligned, as in the terminal
+    assert "<td style='color:#2e7d32'>trainable</td>" in html  # the grad state coloured, as in the terminal
+    # the per-layer strip sits in the footer, above the totals
+    assert ("<td colspan='6' style='text-align:left'>layers: <code>language_model.layers</code> <span class='targetsel-layers'>"
+            "<span style='color:#2e7d32'>▮▮▮▮▮▮</span> 6/6</span></td>") in html
     assert re.search(r"92 modules · [\d.]+M parameters \([\d.]+% of [\d.]+M\) · LoRA r=16 adds", html)
     # plain text stays for consoles and logs: the query unescaped on the first line
     assert data["text/plain"].splitlines()[0] == "Selection('linear & trainable') — 92 of 177 modules of DemoVLM"
@@ -77,8 +82,10 @@ def test_check_cell_names_the_incidents(executed):
 def test_fluent_chain_shows_its_canonical_query(executed):
     html = _display(executed[3])["text/html"]
     assert "<code>under:vision_tower &amp; linear &amp; layers:-2..</code>" in html
-    assert "<code>vision_tower.layers.{2,3}.self_attn.{q,k,v,out}_proj</code></td><td>8</td>" in html
-    assert "<td>frozen</td>" in html and "<td>trainable</td>" not in html
+    assert "<code>vision_tower.layers.{2,3}.self_attn.{q,k,v,out}_proj</code></td><td style='text-align:right'>8</td>" in html
+    assert "<td style='color:#00838f'>frozen</td>" in html and ">trainable</td>" not in html
+    assert "layers: <code>vision_tower.layers</code> <span class='targetsel-layers'>▯▯<span style='color:#2e7d32'>▮▮</span> 2/4 (2,3)</span>" in html
+    assert "  layers: vision_tower.layers ▯▯▮▮ 2/4 (2,3)" in _display(executed[3])["text/plain"].splitlines()
 
 
 def test_patch_cells(executed):

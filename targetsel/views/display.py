@@ -3,7 +3,7 @@
 Rows group modules that share class, shape and grad state, and within those, names that differ
 only in numeric segments or sibling alternatives (`model.layers.{0..31}.self_attn.{q,k,v,o}_proj`,
 the same patterns `.glob()` accepts). The canonical query heads every form, so what is shown can
-be pasted back. Imported lazily by `Selection.__repr__` / `_repr_html_` / `__rich__`.
+be pasted back; a per-layer strip (views/coverage.py) shows which layers hold selected modules. Imported lazily by `Selection.__repr__` / `_repr_html_` / `__rich__`.
 
 Speed matters because a repr runs on every notebook cell: one pass over the selected positions
 reads each module's class and shape; grad state, parameter counts and the distinct-parameter
@@ -14,6 +14,7 @@ through `group_names`.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,12 +23,17 @@ import torch
 from targetsel.model.quantized import buffer_weight_numels, buffer_weight_subtree, logical_numel
 from targetsel.model.resolution import Resolution
 from targetsel.text.grouping import group_names
+from targetsel.views.coverage import layer_strips, shown_strips, strip_cells, strip_lines
 from targetsel.views.shapes import _check_rank, _measure, _measure_for, lora_layer_params, lora_params, shape_of  # noqa: F401  (re-exported: display is where users found them)
 
 MAX_ROWS = 12  # text and rich: rows, the "… N more groups" line included; 14 lines with header and totals
 MAX_HTML_ROWS = 40  # a notebook table can afford more before it scrolls
 
 COLUMNS = ("group", "count", "class", "shape", "grad state", "parameters")
+_RIGHT = ("count", "parameters")  # numbers right-aligned, in every form
+# Grad state colours: rich's terminal names, and CSS colours that read on light and dark notebook themes.
+RICH_STATE_STYLE = {"trainable": "green", "frozen": "cyan", "mixed": "yellow"}
+HTML_STATE_COLOUR = {"trainable": "#2e7d32", "frozen": "#00838f", "mixed": "#b26a00", "—": "#888888"}
 _STATES = ("trainable", "frozen", "mixed", "—")  # "—": the module uses no parameters
 
 
@@ -188,14 +194,15 @@ def _kind(row: Row) -> str:
 
 
 def render_text(res: Resolution, r: Optional[int] = 16, max_rows: int = MAX_ROWS) -> str:
-    """Plain, aligned, no ANSI: header with the query, one line per group, totals."""
+    """Plain, aligned, no ANSI: header with the query, one line per group, the per-layer strip, totals."""
     if r:
         _check_rank(r)
     s = summarize(res)
     lines = [_header(s)]
     if not s.rows:
         return "\n".join(lines + ["  " + _empty_text(res)])
-    shown, rest = _cut(s.rows, max_rows)
+    strip = strip_lines(layer_strips(res.index, res.mask))  # the strip's lines count against max_rows
+    shown, rest = _cut(s.rows, max(max_rows - len(strip), 2))
     width = min(max(len(row.pattern) for row in shown), 72)
     kinds = [_kind(row) for row in shown]
     kind_width = max(len(k) for k in kinds)
@@ -204,12 +211,14 @@ def render_text(res: Resolution, r: Optional[int] = 16, max_rows: int = MAX_ROWS
         lines.append(f"  {pattern:<{width}}  {kind:<{kind_width}}  {row.state:<9}  {human(row.params):>6} params")
     if rest:
         lines.append("  " + _more(rest))
+    lines += ["  " + line for line in strip]
     lines.append(_totals(s, r))
     return "\n".join(lines)
 
 
 def render_html(res: Resolution, r: Optional[int] = 16, max_rows: int = MAX_HTML_ROWS) -> str:
-    """A real <table>: the query as caption, the COLUMNS as <thead>, totals as <tfoot>; all text escaped."""
+    """A real <table>: the query as caption, the COLUMNS as <thead>, the per-layer strip and the totals as
+    <tfoot>; numbers right-aligned and the grad state coloured, as rich does; all text escaped."""
     if r:
         _check_rank(r)
     s = summarize(res)
@@ -218,18 +227,39 @@ def render_html(res: Resolution, r: Optional[int] = 16, max_rows: int = MAX_HTML
                f"modules of {e(s.model_class)}</caption>")
     if not s.rows:
         return f"<table class='targetsel'>{caption}<tbody><tr><td>{e(_empty_text(res))}</td></tr></tbody></table>"
-    head = "".join(f"<th>{h}</th>" for h in COLUMNS)
+    head = "".join(f"<th{_align(h)}>{h}</th>" for h in COLUMNS)
     body = []
     shown, rest = _cut(s.rows, max_rows)
+    right = " style='text-align:right'"
     for row in shown:
         body.append(
-            f"<tr><td style='text-align:left'><code>{e(row.pattern)}</code></td><td>{row.count}</td>"
-            f"<td>{e(row.cls)}</td><td>{e(row.shape)}</td><td>{e(row.state)}</td><td>{human(row.params)}</td></tr>"
+            f"<tr><td style='text-align:left'><code>{e(row.pattern)}</code></td><td{right}>{row.count}</td>"
+            f"<td>{e(row.cls)}</td><td>{e(row.shape)}</td>"
+            f"<td style='color:{HTML_STATE_COLOUR.get(row.state, HTML_STATE_COLOUR['—'])}'>{e(row.state)}</td>"
+            f"<td{right}>{human(row.params)}</td></tr>"
         )
     if rest:
         body.append(f"<tr><td colspan='{len(COLUMNS)}'>{e(_more(rest))}</td></tr>")
-    foot = f"<tfoot><tr><td colspan='{len(COLUMNS)}' style='text-align:left'>{e(_totals(s, r))}</td></tr></tfoot>"
-    return f"<table class='targetsel'>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>{foot}</table>"
+    foot = "".join(f"<tr><td colspan='{len(COLUMNS)}' style='text-align:left'>{text}</td></tr>"
+                   for text in [*_html_strips(res), e(_totals(s, r))])
+    return f"<table class='targetsel'>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody><tfoot>{foot}</tfoot></table>"
+
+
+def _align(column: str) -> str:
+    return " style='text-align:right'" if column in _RIGHT else ""
+
+
+def _html_strips(res: Resolution) -> list[str]:
+    """The per-layer strip as HTML rows' contents: covered cells coloured as trainable adapters."""
+    shown, more = shown_strips(layer_strips(res.index, res.mask))
+    out = []
+    for st in shown:
+        colour = HTML_STATE_COLOUR["trainable"]
+        cells = re.sub("▮+", lambda m: f"<span style='color:{colour}'>{m.group()}</span>", html.escape(strip_cells(st)))
+        out.append(f"layers: <code>{html.escape(st.container)}</code> <span class='targetsel-layers'>{cells}</span>")
+    if more:
+        out[-1] += f" · {more} more stack(s) with adapters"
+    return out
 
 
 def render_rich(res: Resolution, r: Optional[int] = 16, max_rows: int = MAX_ROWS):
@@ -242,17 +272,17 @@ def render_rich(res: Resolution, r: Optional[int] = 16, max_rows: int = MAX_ROWS
         _check_rank(r)
     s = summarize(res)
     table = Table(title=escape(_header(s)), title_justify="left", show_edge=False, caption_justify="left")
-    for column, justify in zip(COLUMNS, ("left", "right", "left", "left", "left", "right")):
-        table.add_column(column, justify=justify, overflow="fold")
+    for column in COLUMNS:
+        table.add_column(column, justify="right" if column in _RIGHT else "left", overflow="fold")
     if not s.rows:
         table.caption = escape(_empty_text(res))
         return table
-    style = {"trainable": "green", "frozen": "cyan", "mixed": "yellow"}
+    style = RICH_STATE_STYLE
     shown, rest = _cut(s.rows, max_rows)
     for row in shown:
         table.add_row(escape(row.pattern), str(row.count), escape(row.cls), escape(row.shape),
                       f"[{style.get(row.state, 'dim')}]{row.state}[/]", human(row.params))
     if rest:
         table.add_row(f"… {len(rest)} more groups", str(sum(x.count for x in rest)), "", "", "", "")
-    table.caption = escape(_totals(s, r))
+    table.caption = escape("\n".join([*strip_lines(layer_strips(res.index, res.mask)), _totals(s, r)]))
     return table

@@ -22,6 +22,7 @@ from targetsel.bridge.checks import (  # noqa: F401  (imported to register their
     head_rules,
     name_rules,
     peft_rules,
+    coverage_rules,
 )
 
 __all__ = ["CODES", "CodeInfo", "Finding", "check", "check_resolution", "enforce", "rule"]
