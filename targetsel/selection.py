@@ -21,6 +21,7 @@ from targetsel.errors import ModelMismatchError, SelectionError, TargetselError
 from targetsel.model.evaluate import check_against_model
 from targetsel.model.index import get_index
 from targetsel.model.resolution import Bound, query_node
+from targetsel.views.parameters import ParameterSelection
 from targetsel.views.snapshot import Resolved, snapshot
 
 TypeLike = Union[type, str]
@@ -249,9 +250,7 @@ class Selection(Bound):
 
     def parameters(self, pattern: Optional[str] = None):
         """The `nn.Parameter`s (regex search over their full names) inside the selected modules."""
-        from targetsel.views.parameters import ParameterSelection
-
-        return ParameterSelection(self, pattern)
+        return _Parameters(self, pattern)
 
     def export(self, trainer: str, **kw) -> dict:
         """The config keys that make `trainer` (axolotl, llamafactory, swift, unsloth, trl, peft) adapt
@@ -342,3 +341,17 @@ def select(model: nn.Module, query: Union[str, N.Selector, None] = None) -> Sele
     if query is None:
         return Selection(model)
     return Selection(model, query_node(model, query), _checked=True)
+
+
+class _Parameters(ParameterSelection):
+    """What `Selection.parameters()` returns: a `ParameterSelection` with the terminals that live above
+    the bridge (the views layer cannot reach the bridge, the facade can)."""
+
+    __slots__ = ()
+
+    def export(self, trainer: str, **kw) -> dict:
+        """The config keys that make `trainer` adapt exactly these (fused expert) parameters — `target_parameters`
+        under the trainer's own key; `ranks=`, `alphas=` as in `targetsel.bridge.exports.export`."""
+        from targetsel.bridge.exports import export
+
+        return export(self, trainer, **kw)

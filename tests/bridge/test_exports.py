@@ -115,6 +115,17 @@ def test_selection_export_is_the_export_function():
         assert sel.export("llamafactory") == export(sel, "llamafactory")
 
 
+@pytest.mark.parametrize("trainer", ["axolotl", "swift", "unsloth", "trl", "peft"])
+def test_parameter_selection_export_is_the_export_function(trainer):
+    psel = select(shared("qwen3_moe"), "glob:**.mlp.experts").parameters("gate_up_proj$")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keys = psel.export(trainer)
+        assert keys == export(psel, trainer)
+    # the fused parameters go under the trainer's target_parameters key (exactness: the table test above)
+    assert [v for k, v in keys.items() if k.endswith("target_parameters")] == [["gate_up_proj"]], keys
+
+
 def test_llamafactory_sets_the_freeze_flags_that_keep_the_selection():
     keys, _, _ = run_export("llamafactory", shared("llava"), "linear & frozen", None)
     assert keys["freeze_vision_tower"] is False and keys["freeze_multi_modal_projector"] is True
