@@ -1,7 +1,8 @@
 """The `targetsel` command line, driven as a user drives it: a subprocess, real exit codes, real output.
 
-The bad-input table runs `cli.main()` in-process (same code path after argv parsing, a tenth of
-the time); the user-facing paths and a few bad inputs go through a real `python -m targetsel`.
+Each behaviour runs once through a real `python -m targetsel` (a fresh process pays seconds for
+torch on this machine); its variants and the bad-input tables run `cli.main()` in-process — the
+same code after argv parsing — and compare with the library's own answer.
 """
 
 from __future__ import annotations
@@ -23,8 +24,24 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COL
 
 def run(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "targetsel", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=180
+        [sys.executable, "-m", "targetsel", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600
     )
+
+
+def main(argv, capsys) -> tuple[int, str, str]:
+    """`targetsel ARGV` in this process: (exit code, stdout, stderr)."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """One demo model for the tests that only read it (selecting never changes a model)."""
+    return models.demo()
 
 
 @pytest.fixture(scope="module")
@@ -60,88 +77,99 @@ def test_no_arguments_shows_the_demo_and_what_check_finds():
     assert result.stderr == ""
 
 
+def test_show_list_in_a_subprocess_is_the_library_answer(demo):
+    query = "linear & trainable & !under:vision_tower"
+    listed = run("show", "demo", query, "--format", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == select(demo, query).names()
+    assert listed.stderr == ""
+
+
 @pytest.mark.parametrize(
     "query",
     ["linear & trainable & !under:vision_tower", "glob:**.{q,v}_proj & frozen", "layers:-2.. & type:PLoRA"],
 )
-def test_show_list_and_regex_match_the_library(query):
-    model = models.demo()
-    expected = select(model, query).names()
-    listed = run("show", "demo", query, "--format", "list")
-    assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.splitlines() == expected
-    regex = run("show", "demo", query, "--format", "regex")
-    assert regex.returncode == 0, regex.stderr
-    pattern = re.compile(regex.stdout.strip())
-    assert [n for n, _ in model.named_modules() if n and pattern.fullmatch(n)] == expected
+def test_show_list_and_regex_match_the_library(query, demo, capsys):
+    expected = select(demo, query).names()
+    code, out, err = main(["show", "demo", query, "--format", "list"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == expected
+    code, out, err = main(["show", "demo", query, "--format", "regex"], capsys)
+    assert code == 0, err
+    pattern = re.compile(out.strip())
+    assert [n for n, _ in demo.named_modules() if n and pattern.fullmatch(n)] == expected
 
 
-def test_show_json_is_stable_and_yaml_says_the_same():
+def test_show_json_is_stable_and_yaml_says_the_same(demo, capsys):
     query = "linear & trainable & leaf"
-    first = run("show", "demo", query, "--format", "json", "--rank", "16")
-    second = run("show", "demo", query, "--format", "json", "--rank", "16")
-    assert first.returncode == 0, first.stderr
-    assert first.stdout == second.stdout  # byte for byte
+    first = run("show", "demo", query, "--format", "json", "--rank", "16")  # PYTHONHASHSEED=0
+    code, second, err = main(["show", "demo", query, "--format", "json", "--rank", "16"], capsys)  # this process's seed
+    assert first.returncode == 0 == code, first.stderr + err
+    assert first.stdout == second  # byte for byte, across processes and hash seeds
     data = json.loads(first.stdout)
-    sel = select(models.demo(), query)
+    sel = select(demo, query)
     assert data["query"] == sel.query and data["count"] == len(sel) and data["names"] == sel.names()
     assert sum(g["count"] for g in data["groups"]) == len(sel)
     assert data["lora_params"] == sel.lora_params(16) and data["rank"] == 16
-    assert data["modules_in_model"] == len(list(models.demo().named_modules())) - 1
+    assert data["modules_in_model"] == len(list(demo.named_modules())) - 1
     assert set(data) == {"count", "groups", "lora_params", "model", "model_class", "modules_in_model", "names",
                          "query", "rank", "target_modules"}
-    as_yaml = run("show", "demo", query, "--format", "yaml", "--rank", "16")
-    assert yaml.safe_load(as_yaml.stdout) == data
+    code, as_yaml, err = main(["show", "demo", query, "--format", "yaml", "--rank", "16"], capsys)
+    assert code == 0 and yaml.safe_load(as_yaml) == data
 
 
-def test_show_table_on_a_transformers_config_json(llama_dir):
+def test_show_table_on_a_transformers_config_json(llama_dir, capsys):
     from targetsel.cli.loading import load_model
 
-    for target in (llama_dir, llama_dir / "config.json"):
-        result = run("show", str(target), "linear & layers:-1..")
-        assert result.returncode == 0, result.stderr
-        assert "linear & layers:-1.." in result.stdout and "LlamaForCausalLM" in result.stdout
-    listed = run("show", str(llama_dir), "linear & layers:-1..", "--format", "list").stdout.splitlines()
+    result = run("show", str(llama_dir), "linear & layers:-1..")
+    assert result.returncode == 0, result.stderr
+    code, table, err = main(["show", str(llama_dir / "config.json"), "linear & layers:-1.."], capsys)
+    assert code == 0, err
+    assert table == result.stdout  # the directory or its config.json: the same model
+    assert "linear & layers:-1.." in table and "LlamaForCausalLM" in table
+    code, out, err = main(["show", str(llama_dir), "linear & layers:-1..", "--format", "list"], capsys)
+    listed = out.splitlines()
     model = load_model(str(llama_dir))
     assert type(model).__name__ == "LlamaForCausalLM"  # the class `architectures` names, as users train it
     assert listed == select(model, "linear & layers:-1..").names()
     assert listed[0] == "model.layers.2.self_attn.q_proj"
 
 
-def test_model_class_override(llama_dir):
-    result = run("show", str(llama_dir), "linear", "--format", "list", "--model-class", "LlamaModel")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == "layers.0.self_attn.q_proj"  # the base model has no `model.` prefix
+def test_model_class_override(llama_dir, capsys):
+    code, out, err = main(["show", str(llama_dir), "linear", "--format", "list", "--model-class", "LlamaModel"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == "layers.0.self_attn.q_proj"  # the base model has no `model.` prefix
 
 
-def test_factory_model():
-    result = run("show", "targetsel.demo:build_demo_model", "type:PLoRA", "--format", "list")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == select(models.demo(), "type:PLoRA").names()
+def test_factory_model(demo, capsys):
+    code, out, err = main(["show", "targetsel.demo:build_demo_model", "type:PLoRA", "--format", "list"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == select(demo, "type:PLoRA").names()
 
 
-def test_check_a_query_exits_1_on_errors_and_0_on_warnings():
+def test_check_a_query_exits_1_on_errors_and_0_on_warnings(capsys):
     bad = run("check", "demo", "linear")
     assert bad.returncode == 1
     assert "error [nested-targets]" in bad.stdout and "warning [frozen-target]" in bad.stdout
-    assert re.search(r"^1 error, \d+ warnings?, 0 info$", bad.stdout, re.M)
-    fine = run("check", "demo", "linear & trainable - type:PLoRA - under:(type:PLoRA)", "--format", "json")
-    assert fine.returncode == 0, fine.stderr
-    data = json.loads(fine.stdout)
+    assert re.search(r"^1 error, \d+ warnings?, \d+ info$", bad.stdout, re.M)
+    code, out, err = main(["check", "demo", "linear & trainable - type:PLoRA - under:(type:PLoRA)", "--format", "json"],
+                          capsys)
+    assert code == 0, err
+    data = json.loads(out)
     assert data["errors"] == 0 and all(f["severity"] != "error" for f in data["findings"])
 
 
-def test_check_a_peft_config_finds_the_frozen_tower(adapter_config):
-    result = run("check", "demo", str(adapter_config), "--format", "json")
-    data = json.loads(result.stdout)
+def test_check_a_peft_config_finds_the_frozen_tower(adapter_config, capsys):
+    code, out, err = main(["check", "demo", str(adapter_config), "--format", "json"], capsys)
+    data = json.loads(out)
     codes = [f["code"] for f in data["findings"]]
     assert "frozen-target" in codes
     frozen = next(f for f in data["findings"] if f["code"] == "frozen-target")
     assert all(m.startswith("vision_tower.") for m in frozen["modules"])
-    assert result.returncode == (1 if data["errors"] else 0)
+    assert code == (1 if data["errors"] else 0)
 
 
-def test_patch_writes_a_config_peft_resolves_exactly(adapter_config, tmp_path):
+def test_patch_writes_a_config_peft_resolves_exactly(adapter_config, tmp_path, capsys):
     from peft import PeftConfig
 
     query = "linear & trainable - type:PLoRA - under:(type:PLoRA)"
@@ -153,8 +181,9 @@ def test_patch_writes_a_config_peft_resolves_exactly(adapter_config, tmp_path):
     assert (config.r, config.lora_alpha) == (8, 16)  # everything else is kept
     model = models.demo()
     assert verify(model, config) == select(model, query).names()
-    to_stdout = run("patch", str(adapter_config), "--model", "demo", "--query", query)
-    written = json.loads(to_stdout.stdout)["target_modules"]
+    code, to_stdout, err = main(["patch", str(adapter_config), "--model", "demo", "--query", query], capsys)
+    assert code == 0, err
+    written = json.loads(to_stdout)["target_modules"]
     assert (set(written) if isinstance(written, list) else written) == config.target_modules
 
 
@@ -184,9 +213,14 @@ def test_hub_id_offline_is_a_clear_message_not_a_traceback():
     assert "Traceback" not in result.stderr
 
 
-def test_help_has_examples():
+def test_help_has_examples_and_every_verb():
     result = run("--help")
     assert result.returncode == 0 and "examples:" in result.stdout and "targetsel show demo" in result.stdout
+    # the usage line lists every registered verb (it once listed only {show,check,patch})
+    verbs = re.match(r"usage: targetsel \[-h\] \[--version\] \{(.*?)\} \.\.\.", result.stdout)[1].split(",")
+    assert sorted(verbs) == ["check", "check-adapter", "export", "patch", "show"]
+    for verb in verbs:
+        assert re.search(rf"^    {re.escape(verb)}\s+\S", result.stdout, re.M), verb  # each with its one-line help
 
 
 # (argv, exit code, stderr fragment) — in-process, every bad-input branch of the CLI and the loader

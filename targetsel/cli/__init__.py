@@ -1,4 +1,4 @@
-"""The command line (`targetsel show|check|patch`) and loading models for it: the outer edge."""
+"""The command line (`targetsel show|check|patch|export|check-adapter`) and loading models for it: the outer edge."""
 
 from targetsel.cli.commands import main
 

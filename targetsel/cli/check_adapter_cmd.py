@@ -33,16 +33,18 @@ def register(sub) -> None:
     p.add_argument("adapter", metavar="ADAPTER_DIR", help="the directory save_pretrained wrote, or its adapter_config.json")
     p.add_argument("--model", "-m", required=True, metavar="MODEL")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.add_argument("--model-class", metavar="CLASS", default=None,
-                   help="the transformers class to build (default: the config's architectures, then AutoModelForCausalLM)")
+    from targetsel.cli.options import add_model_options
+
+    add_model_options(p)  # --model-class, --trust-remote-code, … as for the other verbs
     p.set_defaults(run=run)
 
 
 def run(ns) -> int:
-    from targetsel.bridge.adapter_check import check_adapter
-    from targetsel.cli.loading import load_model
+    from targetsel.cli.options import prepare_model
 
-    model = load_model(ns.model, ns.model_class)
+    model = prepare_model(ns)  # before peft is imported (options.keep_bitsandbytes_out)
+    from targetsel.bridge.adapter_check import check_adapter
+
     report = check_adapter(model, ns.adapter)
     if ns.format == "json":
         text = json.dumps(report.to_dict(), indent=2, sort_keys=True)

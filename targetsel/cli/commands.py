@@ -1,4 +1,4 @@
-"""The `targetsel` command line: show, check and patch, on any model without its weights.
+"""The `targetsel` command line: show, check, patch (and export, check-adapter), on any model without its weights.
 
 Exit codes are the contract scripts rely on: 0 ok, 1 the checks found errors, 2 usage or bad
 input (bad query, unknown model, unreadable config), 3 an internal error (a bug in targetsel or
@@ -51,8 +51,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:  # `python -m targetsel`: the demo, as the README's first command promises
         args = ["show", "demo", DEMO_QUERY, "--hint"]
+    from targetsel.cli.terminal import quiet_libraries
+
+    quiet_libraries()  # before anything imports them: their import-time log lines are no answer
     parser = _parser()
     ns = parser.parse_args(args)
+    ns.own_process = argv is None  # the console script or `python -m`: see options.keep_bitsandbytes_out
     try:
         return ns.run(ns)
     except TargetselError as exc:
@@ -78,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     from targetsel.version import __version__
 
     parser.add_argument("--version", action="version", version=f"targetsel {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{show,check,patch}")
+    # no metavar: argparse lists every registered verb in the usage line, export and check-adapter included
+    sub = parser.add_subparsers(dest="command", required=True)
 
     show = sub.add_parser("show", help="show a selection, grouped", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     show.add_argument("model", metavar="MODEL")
@@ -199,8 +204,8 @@ def _patch(ns) -> int:
     from targetsel.bridge.patch import patch
     from targetsel.selection import select
 
+    model = prepare_model(ns)  # first: the model says whether bitsandbytes is needed; reading the config imports peft
     config = _read_peft_config(ns.config)
-    model = prepare_model(ns)
     with _progress("patching"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TargetselWarning)
         try:

@@ -11,6 +11,7 @@ anything is selected, so `check` sees what the trainer will see (the frozen-towe
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Sequence
 
 from targetsel.cli.terminal import note, progress, quiet_libraries
@@ -57,7 +58,24 @@ def prepare_model(args: argparse.Namespace):
         for line in apply_grad_steps(model, getattr(args, "grad_steps", None) or []):
             note(line)
         get_index(model)  # the walk, under the spinner: the verb's first query is then cheap
+    if getattr(args, "own_process", False):
+        keep_bitsandbytes_out()
     return model
+
+
+def keep_bitsandbytes_out() -> None:
+    """Once the model is built without bitsandbytes, nothing the verb does needs it — but peft imports
+    it whenever it is installed (peft/helpers.py, unconditionally): seconds (it pulls in
+    torch._inductor) and log lines about its CPU kernels, for a model without one quantized layer.
+
+    A None entry in sys.modules makes `import bitsandbytes` raise ImportError and `find_spec` return
+    None, which peft and transformers read as "not installed". A model that uses it (a bitsandbytes
+    quantization_config, a factory that builds Linear4bit) has imported it by now and keeps it. Only
+    when the command owns its process (`main()` reading sys.argv): in a caller's process the entry
+    would outlive the command and hide bitsandbytes from everything after it.
+    """
+    if "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None
 
 
 def apply_grad_steps(model, steps: Sequence[tuple[str, str]]) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from contextlib import contextmanager
 
 # Libraries imported on the way (peft imports bitsandbytes when installed) log warnings about their
@@ -31,33 +30,26 @@ def note(text: str) -> None:
     print(f"targetsel: {text}", file=sys.stderr)
 
 
+_spinning = False  # rich draws one live display at a time: an inner progress() adds none
+
+
 @contextmanager
 def progress(what: str):
-    """A spinner on stderr when the work takes more than a second and stderr is a terminal."""
-    if not sys.stderr.isatty():
+    """rich's spinner on stderr while the work runs — only when stderr is a terminal, so a pipe, a
+    log file or a test never receives spinner frames (rich alone would draw one under FORCE_COLOR)."""
+    global _spinning
+    if _spinning or not sys.stderr.isatty():
         yield
         return
-    done = threading.Event()
+    from rich.console import Console
+    from rich.text import Text
 
-    def spin():
-        if done.wait(1.0):
-            return
-        frames = "|/-\\"
-        i = 0
-        while not done.wait(0.1):
-            sys.stderr.write(f"\r{frames[i % 4]} {what}…")
-            sys.stderr.flush()
-            i += 1
-        sys.stderr.write("\r" + " " * (len(what) + 4) + "\r")
-        sys.stderr.flush()
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-    try:
-        yield
+    _spinning = True
+    try:  # Text: a model path such as `./runs/[a]` is not rich markup
+        with Console(stderr=True).status(Text(f"{what}…")):
+            yield
     finally:
-        done.set()
-        thread.join()
+        _spinning = False
 
 
 def dump(data, fmt: str) -> str:
