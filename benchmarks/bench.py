@@ -117,25 +117,31 @@ def first_query(model: nn.Module) -> None:
     select(model, "linear & trainable & layers:-8..").names()
 
 
+def beside_walk(model: nn.Module, fn: Callable, rounds: int, setup: Callable | None = None) -> tuple[float, float]:
+    """(best seconds of `fn()`, best seconds of the model's walk) over `rounds` alternating runs: load
+    on the shared machine falls on the figure and its reference alike, so their ratio is fair."""
+    walks, runs = [], []
+    for _ in range(max(2, rounds)):
+        walks.append(timed(lambda: walk(model), 1))
+        runs.append(timed(fn, 1, setup=setup))
+    return min(runs), min(walks)
+
+
+def ratio_to_walk(model: nn.Module, fn: Callable, rounds: int, setup: Callable | None = None) -> float:
+    t_fn, t_walk = beside_walk(model, fn, rounds, setup)
+    return t_fn / t_walk
+
+
 def measure_p1(models: list[nn.Module], repeat: int) -> list[float]:
-    """P1 on each fresh model: its first query (index build + filters + names) against its walk,
-    interleaved so that load on the machine falls on both alike."""
-    ratios = []
-    for model in models:
-        walks, firsts = [], []
-        for _ in range(repeat):
-            walks.append(timed(lambda: walk(model), 1))
-            firsts.append(timed(lambda: first_query(model), 1, setup=lambda: forget(model)))
-        ratios.append(min(firsts) / min(walks))
-    return ratios
+    """P1 on each fresh model: its first query (index build + filters + names) against its walk."""
+    return [ratio_to_walk(model, lambda: first_query(model), repeat, setup=lambda: forget(model)) for model in models]
 
 
 def measure(model: nn.Module, label: str, repeat: int = 5, peft_check: bool = True, fresh: int = 1) -> dict:
     from peft.tuners.tuners_utils import _find_minimal_target_modules
 
     n_modules = sum(1 for _ in model.named_modules()) - 1
-    t_walk = timed(lambda: walk(model), repeat)
-    t_first = timed(lambda: first_query(model), repeat, setup=lambda: forget(model))
+    t_first, t_walk = beside_walk(model, lambda: first_query(model), repeat, setup=lambda: forget(model))
     row = {"model": label, "modules": n_modules, "walk_s": t_walk, "P1": t_first / t_walk, "first_s": t_first}
     if fresh > 1 and isinstance(model, PerExpertMoE):
         layers, experts = len(model.model.layers), len(model.model.layers[0].mlp.experts)
@@ -145,8 +151,7 @@ def measure(model: nn.Module, label: str, repeat: int = 5, peft_check: bool = Tr
         del others
         gc.collect()
     get_index(model)
-    t_again = timed(lambda: select(model, "glob:**.experts.*.down_proj & layers:0..9").names(), repeat)
-    row["P2"] = t_again / t_walk
+    row["P2"] = ratio_to_walk(model, lambda: select(model, "glob:**.experts.*.down_proj & layers:0..9").names(), repeat)
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     routed = select(model, routed_query(len(layers))) if isinstance(model, PerExpertMoE) else None
@@ -164,10 +169,11 @@ def measure(model: nn.Module, label: str, repeat: int = 5, peft_check: bool = Tr
 
         if peft_check:
             patch(LoraConfig(r=4), routed)  # the first call also evaluates the selection
-            row["patch"] = timed(lambda: patch(LoraConfig(r=4), routed), max(1, repeat // 2)) / t_walk
+            row["patch"] = ratio_to_walk(model, lambda: patch(LoraConfig(r=4), routed), max(2, repeat // 2))
         config = patch(LoraConfig(r=4), routed) if peft_check else LoraConfig(target_modules=value)
-        t_verify = timed(lambda: verify(model, config), max(1, repeat // 2))
-        row["P4"] = t_verify / t_walk
+        if peft_check:
+            row["patch_parts"] = patch_parts(model, routed, config, max(2, repeat // 2))
+        row["P4"] = ratio_to_walk(model, lambda: verify(model, config), max(2, repeat // 2))
         row["P3_exact"] = verify(model, config) == names
     forget(model)
     tracemalloc.start()
@@ -177,6 +183,23 @@ def measure(model: nn.Module, label: str, repeat: int = 5, peft_check: bool = Tr
     row["index_MiB_per_100k"] = peak / 2**20 * 100_000 / max(n_modules, 1)
     get_index(model)
     return row
+
+
+#: The steps of one `patch()` call, each timed alone on the resolution patch() holds (bridge/patch.py).
+PATCH_PARTS = ("target forms (suffixes + regex, each checked exact)", "preflight checks", "PEFT dry run (fast path)")
+
+
+def patch_parts(model: nn.Module, selection, config, repeat: int) -> dict[str, float]:
+    """Where `patch()`'s time goes, each step as a ratio to the walk: the exact target forms it
+    compiles, the preflight checks, and the dry run that proves the chosen form with PEFT's rules."""
+    from targetsel.bridge.checks import check_resolution
+    from targetsel.bridge.verify import dry_run
+    from targetsel.views.targets import candidate_forms
+
+    res = selection.resolution()
+    steps = (lambda: [candidate_forms(res, kind) for kind in ("suffixes", "regex")],
+             lambda: check_resolution(res, config), lambda: dry_run(model, config))
+    return {label: ratio_to_walk(model, step, repeat) for label, step in zip(PATCH_PARTS, steps)}
 
 
 def measure_p5(layers: int = 8, experts: int = 64, repeat: int = 3) -> dict:
@@ -285,6 +308,12 @@ def table(result: dict) -> str:
             lines += ["", f"P1 on {len(r['P1_fresh'])} fresh {r['model']} models (each: best of interleaved runs): "
                       + ", ".join(f"{x:.2f}×" for x in r["P1_fresh"]) + f"; best {min(r['P1_fresh']):.2f}× "
                       + verdict(min(r["P1_fresh"]), TARGETS["P1"]) + f" (target ≤ {TARGETS['P1']:g}×)."]
+    for r in result["rows"]:
+        if "patch_parts" in r and r["modules"] >= TARGET_SIZE:
+            parts = r["patch_parts"]
+            lines += ["", f"Where `patch()`'s {r['patch']:.2f}× goes on the {r['model']} (each step timed alone, as a ratio "
+                      "to the walk): " + ", ".join(f"{label} {x:.2f}×" for label, x in parts.items())
+                      + f" (together {sum(parts.values()):.2f}×; building the new config and the form loop cost the rest)."]
     lines += growth_lines([r for r in result["rows"] if r["model"].startswith("per-expert")])
     if "atoms" in result:
         lines += ["", atoms_table(result["atoms"], TARGETS["P2"])]
@@ -310,7 +339,9 @@ def growth_lines(moe: list[dict]) -> list[str]:
         lines.append(f"| {r['modules']:,} | {r['walk_s'] / r['modules'] * 1e6:.2f} | {r['P1'] * r['walk_s'] / r['modules'] * 1e6:.2f} | {r['P1']:.2f}× |")
     small, large = moe[0], moe[-1]
     spread = (large["P1"] * large["walk_s"] / large["modules"]) / (small["P1"] * small["walk_s"] / small["modules"])
-    lines += ["", f"From {small['modules']:,} to {large['modules']:,} modules a first query's cost per module changes {spread:.2f}×."]
+    walk_spread = (large["walk_s"] / large["modules"]) / (small["walk_s"] / small["modules"])
+    lines += ["", f"From {small['modules']:,} to {large['modules']:,} modules a first query's cost per module changes {spread:.2f}× "
+              f"(the walk's own: {walk_spread:.2f}×)."]
     return lines
 
 
@@ -318,8 +349,17 @@ def environment() -> str:
     import peft
     import transformers
 
-    return (f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor())
+    return (f"{platform.platform()}, {cpu or 'unknown CPU'}, Python {platform.python_version()}, {os.cpu_count()} cores "
+            f"(shared with other work while it ran); torch {torch.__version__}, "
             f"peft {peft.__version__}, transformers {transformers.__version__}; load average {os.getloadavg()[0]:.1f} when it ended")
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return []
 
 
 def cli_section() -> str:

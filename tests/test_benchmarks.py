@@ -23,7 +23,8 @@ def test_smallest_size_runs_and_reports_every_figure(bench):
     result = bench.run(["1k"], real=False, repeat=1, p5=False, fresh=2)
     (row,) = result["rows"]
     assert {"model", "modules", "walk_s", "P1", "P1_fresh", "P2", "P3_chars", "P3_value", "P3_exact", "P4", "patch",
-            "index_MiB_per_100k"} <= set(row)
+            "patch_parts", "index_MiB_per_100k"} <= set(row)
+    assert list(row["patch_parts"]) == list(bench.PATCH_PARTS) and all(x > 0 for x in row["patch_parts"].values())
     assert len(row["P1_fresh"]) == 2 and row["P1"] == min(row["P1_fresh"])
     assert row["modules"] == sum(1 for _ in bench.build_moe(*bench.SIZES["1k"]).named_modules()) - 1
     assert row["P3_exact"] is True and row["P3_chars"] <= 200
@@ -46,7 +47,7 @@ def test_growth_table_reports_cost_per_module(bench):
     rows = [{"modules": 1000, "walk_s": 0.002, "P1": 0.9}, {"modules": 100_000, "walk_s": 0.3, "P1": 0.8}]
     lines = bench.growth_lines(rows)
     assert "| 1,000 | 2.00 | 1.80 | 0.90× |" in lines and "| 100,000 | 3.00 | 2.40 | 0.80× |" in lines
-    assert lines[-1] == "From 1,000 to 100,000 modules a first query's cost per module changes 1.33×."
+    assert lines[-1] == "From 1,000 to 100,000 modules a first query's cost per module changes 1.33× (the walk's own: 1.50×)."
 
 
 def test_routed_experts_config_is_small_at_full_size_layout(bench):
@@ -62,3 +63,42 @@ def test_main_quick_prints_the_table(bench, capsys):
     out = capsys.readouterr().out
     assert "P5 — `get_peft_model`" in out and "| per-expert MoE 1k" in out
     json.dumps(out)
+
+
+def test_table_says_where_patch_time_goes_on_the_target_size(bench):
+    parts = dict(zip(bench.PATCH_PARTS, (0.5, 0.75, 0.5)))
+    row = {"model": "per-expert MoE 63k (61×256)", "modules": 63_384, "walk_s": 0.25, "P1": 0.9, "P2": 0.02,
+           "patch": 2.0, "patch_parts": parts, "index_MiB_per_100k": 50.0}
+    small = {**row, "model": "per-expert MoE 1k (6×40)", "modules": 1_055}
+    text = bench.table({"rows": [small, row]})
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("Where `patch()`")]
+    assert "per-expert MoE 63k" in line and all(f"{label} {x:.2f}×" in line for label, x in parts.items())
+    assert line.endswith("(together 1.75×; building the new config and the form loop cost the rest).")
+
+
+@pytest.fixture(scope="module")
+def cli(bench):  # loading bench.py put benchmarks/ on sys.path
+    import cli_timings
+
+    return cli_timings
+
+
+def test_cli_table_names_every_command_with_its_floor(cli):
+    rows = [{"label": label, "seconds": 1.0 + i, "peak_MiB": 10.0, "exit": 0, "target": target, "floor": floor}
+            for i, (label, _, target, _, floor) in enumerate(cli.COMMANDS)]
+    rows[1]["imports_torch"] = False
+    text = cli.table(rows)
+    for label, args, target, _, floor in cli.COMMANDS:
+        assert f"| {label}" in text
+    version = next(ln for ln in text.splitlines() if ln.startswith("| `targetsel --version`"))
+    assert version == "| `targetsel --version` — imports torch: no ✓ | ≤ 0.3 s | 2.00 ✗ | +1.00 | 10 | 0 |"
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"]])
+def test_cli_version_and_help_never_import_torch(cli, args):
+    assert args[0] in cli.NO_TORCH  # the rows the benchmark checks the same way
+    assert cli._imports_torch(args, cli._env({})) is False
+
+
+def test_imports_torch_sees_a_command_that_builds_a_model(cli):
+    assert cli._imports_torch(["show", "demo", "linear"], cli._env({})) is True

@@ -27,7 +27,7 @@ checks found errors), 2 usage or bad input, 3 internal error (a bug: please repo
 
 
 # targetsel.bridge.exports.TRAINERS, spelled out: importing the bridge imports peft (seconds), and
-# registering the verb runs on every `targetsel --help` (tests/test_cli_workflows.py pins the two equal).
+# registering the verb runs on every `targetsel --help` (tests/cli/test_workflows.py pins the two equal).
 TRAINER_NAMES = ("axolotl", "llamafactory", "swift", "unsloth", "trl", "peft")
 
 

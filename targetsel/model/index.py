@@ -150,6 +150,7 @@ class ModelIndex:
                     seen.setdefault(base.__name__, None)
         return list(seen)
 
+    @single_threaded  # the checks and the fast path call it outside an evaluation: no thread pool for 63k entries
     def ancestors_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Positions with at least one strict ancestor in `mask`."""
         # Prefix-sum trick: a selected module at position p covers (p, end[p]); mark +1 at p+1 and

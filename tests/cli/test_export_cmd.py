@@ -18,7 +18,7 @@ import trainer_models as tm
 from targetsel import cli, select
 from targetsel.bridge.exports import export
 
-TESTS = str(Path(__file__).resolve().parent)
+TESTS = str(Path(__file__).resolve().parents[1])
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "PYTHONHASHSEED": "0",
        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(TESTS).parent), TESTS, os.environ.get("PYTHONPATH")]))}
 DEMO_QUERY = "linear & trainable - type:PLoRA - under:(type:PLoRA)"
