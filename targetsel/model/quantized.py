@@ -168,7 +168,10 @@ def _quantized_mask(index) -> torch.Tensor:
 def quantized_positions(index, positions) -> list[int]:
     """Those of `positions` that hold a quantized layer."""
     mask = quantized_mask(index)
-    return [i for i in positions if bool(mask[i])]
+    if not index.memo("any_quantized", lambda: bool(mask.any())):  # the common case: no quantized layer at all
+        return []
+    at = torch.as_tensor(positions, dtype=torch.long)
+    return at[mask[at]].tolist() if len(at) else []
 
 
 def trainable_storage(p: torch.Tensor) -> bool:

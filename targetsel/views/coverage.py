@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from targetsel.model.components import component_mask
+from targetsel.model.threads import single_threaded
 from targetsel.query.nodes import COMPONENTS
 from targetsel.text.grouping import int_set_text
 
@@ -150,6 +151,7 @@ class Coverage:
         return out
 
 
+@single_threaded  # one entry per module: torch's thread pool only adds overhead (model/threads.py)
 def coverage(index, mask: torch.Tensor, *, intended_layers: bool = False) -> Coverage:
     """The coverage of the modules in `mask` (a bool mask over `index`)."""
     lay = layout(index)
@@ -163,28 +165,41 @@ def coverage(index, mask: torch.Tensor, *, intended_layers: bool = False) -> Cov
 
 def _stack_coverage(index, lay: _Layout, s: int, mask, candidate_mask, intended: bool) -> StackCoverage:
     # One piece on purpose: one pass over the stack's candidates and selected modules fills every count.
+    # The per-module facts (stack, layer, kind, role) are tensors once per index (`_layout_tensors`), so a
+    # pass is a few bincounts and uniques over the stack's positions instead of a Python loop over them.
     stack = lay.stacks[s]
-    first, end = min(stack.roots), max(index.ends[r] for r in stack.roots)  # a ModuleDict's order may differ
     n = len(stack.roots)
-    adapted = {k: [0] * n for k in KINDS}
-    candidates = {k: [0] * n for k in KINDS}
+    stack_t, layer_t, kind_t, role_t, roles = _layout_tensors(index, lay)
+    inside = stack_t == s
+    cand, sel = candidate_mask & inside, mask & inside
+    width = len(KINDS) * n
+
+    def per_kind(where) -> dict:
+        counts = torch.bincount(kind_t[where] * n + layer_t[where], minlength=width).view(len(KINDS), n).tolist()
+        return dict(zip(KINDS, counts))
+
+    def role_layers(where) -> dict[int, set]:
+        by_role: dict[int, set] = {}
+        for pair in torch.unique(role_t[where] * n + layer_t[where]).tolist():
+            by_role.setdefault(pair // n, set()).add(pair % n)
+        return by_role
+
+    candidates, adapted = per_kind(cand), per_kind(sel)
+    present = role_layers(cand)
+    present_roles = {roles[r]: layers for r, layers in present.items()}
+    chosen = sel.nonzero().flatten()
+    chosen_roles = role_t[chosen]
+    distinct, inverse = torch.unique(chosen_roles, return_inverse=True)
+    first = torch.full((len(distinct),), len(chosen), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(chosen)), reduce="amin")
+    first = torch.sort(first).values  # the roles in the order their first selected module comes
+    kind_first = kind_t[chosen[first]].tolist()
+    by_role = role_layers(sel)
     selected_roles: dict[str, set] = {}
     role_kind: dict[str, str] = {}
-    present_roles: dict[str, set] = {}
-    selected = mask[first:end].nonzero().flatten().add(first).tolist()
-    for i in candidate_mask[first:end].nonzero().flatten().add(first).tolist():
-        if lay.stack_of[i] == s:
-            layer = lay.layer_of[i]
-            candidates[KINDS[lay.kind_of[i]]][layer] += 1
-            present_roles.setdefault(_role(index, stack, layer, i), set()).add(layer)
-    for i in selected:
-        if lay.stack_of[i] == s:
-            layer = lay.layer_of[i]
-            kind = KINDS[lay.kind_of[i]]
-            adapted[kind][layer] += 1
-            role = _role(index, stack, layer, i)
-            selected_roles.setdefault(role, set()).add(layer)
-            role_kind.setdefault(role, kind)
+    for r, kind in zip(chosen_roles[first].tolist(), kind_first):
+        selected_roles[roles[r]] = by_role[r]
+        role_kind[roles[r]] = KINDS[kind]
     covered = tuple(sorted({x for layers in selected_roles.values() for x in layers}))
     compared = set(covered)  # layers left out entirely are the stack's gap, not each role's
     gaps = []
@@ -193,11 +208,24 @@ def _stack_coverage(index, lay: _Layout, s: int, mask, candidate_mask, intended:
         absent = tuple(sorted(_absent(index, stack, role, layers, compared - layers)))
         if not_selected or absent:
             gaps.append(RoleGap(role, role_kind[role], tuple(sorted(layers)), not_selected, absent))
-    covered_set = set(covered)
     uncovered = () if intended or not covered else tuple(
-        i for i in candidate_mask[first:end].nonzero().flatten().add(first).tolist()
-        if lay.stack_of[i] == s and lay.layer_of[i] not in covered_set)
+        (cand & ~torch.isin(layer_t, torch.tensor(covered, dtype=torch.long))).nonzero().flatten().tolist())
     return StackCoverage(stack.container, n, covered, adapted, candidates, tuple(gaps), uncovered)
+
+
+def _layout_tensors(index, lay: _Layout) -> tuple:
+    """(stack, layer, kind, role id per position, the role strings), once per index."""
+    return index.memo("coverage_roles", lambda: _build_layout_tensors(index, lay))
+
+
+def _build_layout_tensors(index, lay: _Layout) -> tuple:
+    roles: dict[str, int] = {}
+    role_of = [-1] * index.size
+    for i, (s, layer) in enumerate(zip(lay.stack_of, lay.layer_of)):
+        if s >= 0:
+            role_of[i] = roles.setdefault(_role(index, lay.stacks[s], layer, i), len(roles))
+    as_t = functools.partial(torch.tensor, dtype=torch.long)
+    return as_t(lay.stack_of), as_t(lay.layer_of), as_t(lay.kind_of), as_t(role_of), list(roles)
 
 
 def _role(index, stack: Stack, layer: int, i: int) -> str:

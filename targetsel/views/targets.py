@@ -4,7 +4,9 @@ PEFT matches a *list* entry by exact name or by dotted suffix, and a *string* wi
 `re.fullmatch`. A list of full names therefore over-matches whenever another module's name
 ends with `"." + selected_name`; the regex form never does. Every form is checked against all
 module names of the model with an O(N) equivalent of PEFT's list rule (`list_matches`), which
-the test-suite proves equal to PEFT's own `check_target_module_exists`.
+the test-suite proves equal to PEFT's own `check_target_module_exists`. On a model's own names
+the same rule and the minimal suffixes run on integer keys of every dotted suffix, built once per
+index (`_SuffixKeys`): a few tensor operations per name depth instead of a set of 400k strings.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import json
 import re
 from typing import Iterable, Optional, Union
 
+import torch
+
 from targetsel.errors import EmptySelectionError, SelectionError, TargetselError
 from targetsel.model.resolution import Resolution
+from targetsel.model.threads import single_threaded
 from targetsel.model.wrappers import target_names
 from targetsel.text.names_regex import names_regex
 
@@ -40,9 +45,128 @@ def regex_matches(pattern: str, names: Iterable[str]) -> list[bool]:
     return [full(name) is not None for name in names]
 
 
-def _selected_and_others(res: Resolution) -> tuple[list[str], list[str], list[bool]]:
+def _selected_and_others(res: Resolution) -> tuple[list[str], list[str], list[bool], Optional["_SuffixKeys"]]:
+    """(selected names, all names, mask, the index's suffix keys when the names are the index's own)."""
     both = target_names(res.index, res.mask)  # a wrapped model: exact on its names and the plain model's
-    return both if both is not None else (res.names, res.index.names, res.mask.tolist())
+    if both is not None:
+        return (*both, None)
+    return res.names, res.index.names, res.mask.tolist(), suffix_keys(res.index)
+
+
+class _SuffixKeys:
+    """Every dotted suffix of every module name as an integer, level by level, once per index.
+
+    `levels[k-1][i]` identifies the last k segments of name i (-1 when it has fewer, and for the
+    root): name i is `prefix + "." + leaf` with `prefix` the name at `parent[i]`, so its level-k key
+    is the pair (level k-1 key of the parent, leaf). PEFT's list rule and the minimal suffixes then
+    become a few tensor operations per level instead of a set of every suffix of every name."""
+
+    def __init__(self, parent: list[int], leaf: list[int], depth: list[int], leaves: dict[str, int]):
+        n = len(parent)
+        self.leaves = leaves
+        parent_t = torch.tensor(parent, dtype=torch.long)
+        leaf_t = torch.tensor(leaf, dtype=torch.long)
+        self.depth = torch.tensor(depth, dtype=torch.long)  # segments per name (0: the root)
+        key = leaf_t  # level 1: the last segment (the root has none: -1)
+        self.levels, self.codes = [key], [None]  # codes[k-1]: key → (parent key, leaf) pair code, per level
+        width = max(len(leaves), 1)
+        for k in range(2, int(self.depth.max()) + 1 if n > 1 else 1):
+            here = self.depth >= k
+            code = key[parent_t[here]] * width + leaf_t[here]
+            uniq, inverse = torch.unique(code, return_inverse=True)
+            key = torch.full_like(leaf_t, -1)
+            key[here] = inverse
+            self.levels.append(key)
+            self.codes.append({c: j for j, c in enumerate(uniq.tolist())})
+        self.width = width
+
+    def entry_key(self, entry: str, known: Optional[dict] = None) -> Optional[tuple[int, int]]:
+        """(level, key) of the names that equal `entry` or end with '.' + entry; None when none does.
+
+        `known`: keys of entries already looked up (suffixes share their leading segments)."""
+        known = {} if known is None else known
+        if entry in known:
+            return known[entry]
+        head, dot, tail = entry.rpartition(".")
+        leaf = self.leaves.get(tail)
+        found = None
+        if leaf is not None and not dot:
+            found = (1, leaf)
+        elif leaf is not None:
+            before = self.entry_key(head, known)
+            if before is not None and before[0] < len(self.levels):
+                key = self.codes[before[0]].get(before[1] * self.width + leaf)
+                found = None if key is None else (before[0] + 1, key)
+        known[entry] = found
+        return found
+
+    @single_threaded  # one entry per module: torch's thread pool only adds overhead (model/threads.py)
+    def list_matches(self, entries: Iterable[str]) -> list[bool]:
+        """`list_matches(entries, index.names)`, by keys."""
+        matched = torch.zeros(len(self.depth), dtype=torch.bool)
+        wanted: dict[int, list[int]] = {}
+        known: dict = {}
+        for found in (self.entry_key(entry, known) for entry in set(entries)):
+            if found is not None:
+                wanted.setdefault(found[0], []).append(found[1])
+        for level, keys in wanted.items():
+            matched |= torch.isin(self.levels[level - 1], torch.tensor(keys, dtype=torch.long))
+        matched[0] = False  # the root ("") is never matched (an entry "" has no key)
+        return matched.tolist()
+
+    @single_threaded
+    def minimal_suffixes(self, names: list[str], mask: torch.Tensor) -> Optional[list[str]]:
+        """`minimal_suffixes(selected, names, mask)` by keys: level by level, the selected names whose
+        level-k suffix no unselected name has take it; a name left when its full name is blocked: None."""
+        n = len(self.depth)
+        outside = ~mask
+        outside[0] = False
+        remaining = mask.nonzero().flatten()
+        remaining = remaining[remaining > 0]
+        chosen_at = torch.zeros(n, dtype=torch.long)
+        for k, key in enumerate(self.levels, start=1):
+            if not len(remaining):
+                break
+            blocked = torch.zeros(n + 1, dtype=torch.bool)
+            theirs = key[outside]
+            blocked[theirs[theirs >= 0]] = True
+            free = ~blocked[key[remaining]]
+            chosen_at[remaining[free]] = k
+            remaining = remaining[~free]
+            if bool((self.depth[remaining] == k).any()):
+                return None  # an unselected name ends with this selected full name
+        selected = mask.nonzero().flatten()
+        selected = selected[selected > 0]
+        level = chosen_at[selected]
+        picked = torch.zeros_like(level)
+        for k in torch.unique(level).tolist():
+            rows = level == k
+            picked[rows] = k * n + self.levels[k - 1][selected[rows]]  # keys < n: one code per (level, key)
+        _, inverse = torch.unique(picked, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1 if len(inverse) else 0,), len(inverse), dtype=torch.long)
+        first.scatter_reduce_(0, inverse, torch.arange(len(inverse)), reduce="amin")
+        rows = torch.sort(first).values  # in the order the selected names first need them
+        return [".".join(names[i].split(".")[-k:]) for i, k in zip(selected[rows].tolist(), level[rows].tolist())]
+
+
+def suffix_keys(index) -> Optional[_SuffixKeys]:
+    """The index's `_SuffixKeys`, once per index; None when some name's dotted prefix is not itself a
+    module name (wrappers that drop segments): the string functions above answer then."""
+    return index.memo("suffix_keys", lambda: _build_suffix_keys(index.names))
+
+
+@single_threaded
+def _build_suffix_keys(names: list[str]) -> Optional[_SuffixKeys]:
+    where = {name: i for i, name in enumerate(names)}
+    leaves: dict[str, int] = {}
+    parent, leaf, depth = [0] * len(names), [-1] * len(names), [0] * len(names)
+    for i in range(1, len(names)):
+        head, dot, tail = names[i].rpartition(".")
+        p = where.get(head, -1) if dot else 0
+        if (dot and not 0 < p < i) or names[i] == "":  # a prefix listed before its extensions, as named_modules() does
+            return None
+        parent[i], leaf[i], depth[i] = p, leaves.setdefault(tail, len(leaves)), depth[p] + 1
+    return _SuffixKeys(parent, leaf, depth, leaves)
 
 
 def _require_nonempty(res: Resolution, selected: list[str]) -> None:
@@ -54,6 +178,8 @@ def _require_nonempty(res: Resolution, selected: list[str]) -> None:
 
 def _check_exact(kind: str, matched: list[bool], mask: list[bool], names: list[str]) -> None:
     # Position 0 is the root (""): PEFT never matches it, so it does not count.
+    if matched[1:] == mask[1:]:  # both lists of bools: compared in C, the common case
+        return
     wrong = [n for n, got, want in zip(names[1:], matched[1:], mask[1:]) if got != want]
     if wrong:
         # Point at a form built by other code than the one that failed.
@@ -65,7 +191,7 @@ def _check_exact(kind: str, matched: list[bool], mask: list[bool], names: list[s
 
 
 def exact_regex(res: Resolution) -> str:
-    selected, names, mask = _selected_and_others(res)
+    selected, names, mask, _ = _selected_and_others(res)
     _require_nonempty(res, selected)
     pattern = "^" + names_regex(selected) + "$"
     _check_exact("regex", regex_matches(pattern, names), mask, names)
@@ -100,12 +226,15 @@ def candidate_forms(res: Resolution, form: str = "auto") -> list[Union[str, list
     """Every exact `target_modules` value of the requested form, most readable first (by name only)."""
     if form not in FORMS:
         raise TargetselError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
-    selected, names, mask = _selected_and_others(res)
+    selected, names, mask, keys = _selected_and_others(res)
     _require_nonempty(res, selected)
+    if mask[0]:
+        keys = None  # the root selected: only the string functions say what PEFT does with ""
+    matches = keys.list_matches if keys is not None else lambda entries: list_matches(entries, names)
     candidates: list[Union[str, list[str]]] = []
     if form in ("list", "auto"):
-        matched = list_matches(selected, names)
-        if any(g != w for g, w in zip(matched[1:], mask[1:])):
+        matched = matches(selected)
+        if matched[1:] != mask[1:]:  # lists of bools
             if form == "list":
                 over = [n for n, g, w in zip(names[1:], matched[1:], mask[1:]) if g and not w]
                 raise SelectionError(
@@ -116,14 +245,15 @@ def candidate_forms(res: Resolution, form: str = "auto") -> list[Union[str, list
         else:
             candidates.append(list(selected))
     if form in ("suffixes", "auto"):
-        suffixes = minimal_suffixes(selected, names, mask)
+        suffixes = (keys.minimal_suffixes(names, res.mask) if keys is not None
+                    else minimal_suffixes(selected, names, mask))
         if suffixes is None and form == "suffixes":
             raise SelectionError(
                 "no exact suffix list exists: an unselected module's name ends with a selected module's "
                 "full name. Use form='regex' (or 'auto')."
             )
         if suffixes is not None:
-            _check_exact("suffixes", list_matches(suffixes, names), mask, names)
+            _check_exact("suffixes", matches(suffixes), mask, names)
             candidates.append(suffixes)
     if form in ("regex", "auto"):
         pattern = "^" + names_regex(selected) + "$"

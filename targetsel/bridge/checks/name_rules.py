@@ -4,7 +4,9 @@ base-model names, and modules registered under several names."""
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
+from itertools import chain
 from typing import Optional
 
 import torch
@@ -14,6 +16,8 @@ from targetsel.bridge.checks.registry import Finding, finding, rule
 from targetsel.bridge.checks.subject import Subject
 from targetsel.bridge.probe import probe_config
 from targetsel.model.wrappers import class_name
+
+_PARAMETERS = operator.attrgetter("_parameters")
 
 
 def _effective_modules_to_save(config) -> list[str]:
@@ -122,13 +126,15 @@ def _measured_clash_effects(config, prefix: str) -> Optional[tuple[str, ...]]:
     return _CLASH_EFFECTS[key]
 
 
-@rule("adapter-name-clash", "warning")
-def adapter_name_clash(s: Subject) -> list[Finding]:
-    """Base-model names containing the method's adapter prefix (`lora_`), which PEFT matches by name in places."""
-    prefix = _prefix(s.config)
-    if not prefix:
-        return []
-    index = s.index
+def _names_with_prefix(index, prefix: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(positions, names shown) of modules whose own name or own parameters' names contain `prefix`.
+
+    Structural, so once per index; and most models have no such name at all, which one substring
+    search over all names and parameter keys joined (in C) tells without a per-module loop."""
+    if "\n" not in prefix:
+        keys = chain.from_iterable(map(dict.keys, map(_PARAMETERS, index.modules)))
+        if prefix not in "\n".join(index.names) and prefix not in "\n".join(keys):
+            return (), ()
     positions, shown = [], []
     for i, (name, module) in enumerate(zip(index.names, index.modules)):
         if not i:
@@ -141,6 +147,16 @@ def adapter_name_clash(s: Subject) -> list[Finding]:
         if own:
             positions.append(i)
             shown += [f"{name}.{k}" for k in own]
+    return tuple(positions), tuple(shown)
+
+
+@rule("adapter-name-clash", "warning")
+def adapter_name_clash(s: Subject) -> list[Finding]:
+    """Base-model names containing the method's adapter prefix (`lora_`), which PEFT matches by name in places."""
+    prefix = _prefix(s.config)
+    if not prefix:
+        return []
+    positions, shown = map(list, s.index.memo(("adapter-name-clash", prefix), lambda: _names_with_prefix(s.index, prefix)))
     if not positions:
         return []
     import peft
