@@ -252,7 +252,7 @@ UNEVEN = [
 ]
 
 
-@pytest.mark.parametrize("name, target, message", UNEVEN, ids=[f"{c[0]}-{c[1]}" for c in UNEVEN])
+@pytest.mark.parametrize("name, target, message", UNEVEN, ids=[f"{c[0]}-{c[1] if isinstance(c[1], str) else sorted(c[1].target_modules)}" for c in UNEVEN])  # a set's repr varies by process
 def test_uneven_coverage_is_flagged(name, target, message):
     finding = only(check(model(name), target), "uneven-coverage")
     assert finding.severity == "info" and message in finding.message
