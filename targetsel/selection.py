@@ -355,3 +355,7 @@ class _Parameters(ParameterSelection):
         from targetsel.bridge.exports import export
 
         return export(self, trainer, **kw)
+
+
+# Messages name the class a user knows (`type(x).__name__`): the facade is an implementation detail.
+_Parameters.__name__ = _Parameters.__qualname__ = "ParameterSelection"
