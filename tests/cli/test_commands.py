@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 import models
+from cli_run import main
 from targetsel import cli, select, verify
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "PYTHONHASHSEED": "0"}
@@ -26,16 +27,6 @@ def run(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "targetsel", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600
     )
-
-
-def main(argv, capsys) -> tuple[int, str, str]:
-    """`targetsel ARGV` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -244,12 +235,8 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize("argv, code, message", BAD_INPUT, ids=[" ".join(a) for a, *_ in BAD_INPUT])
 def test_bad_input_exits_2_with_a_message(argv, code, message, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        rc = exc.code
+    rc, _, err = main(argv, capsys)
     assert rc == code
-    err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
 

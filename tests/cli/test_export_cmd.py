@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import models
+from cli_run import main
 import trainer_models as tm
 from targetsel import cli, select
 from targetsel.bridge.exports import export
@@ -71,12 +72,8 @@ def test_json_export_with_parameters(capsys):
     (["export", "demo", "linear"], 2, "the following arguments are required: --to/-t"),
 ])
 def test_bad_input(argv, code, message, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        rc = exc.code
+    rc, _, err = main(argv, capsys)
     assert rc == code
-    err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
 

@@ -27,6 +27,7 @@ import time
 import pytest
 
 import models
+from cli_run import main
 from targetsel import select, verify
 from targetsel.cli import commands as cli
 
@@ -45,15 +46,6 @@ def imported(stderr: str) -> set[str]:
 
 def without_importtime(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if not line.startswith("import time:")]
-
-
-def main(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ---------------------------------------------------------------------------- fixtures
