@@ -75,6 +75,7 @@ class ModelIndex:
     _container_lens: list = field(default_factory=list, repr=False)  # … and their lengths
     _cached: dict = field(default_factory=dict, repr=False)  # memo(): derived by other model-layer modules
     _grad_sums: Optional[tuple] = field(default=None, repr=False)  # (requires_grad flags, their subtree sums)
+    _met_listed: bool = field(default=True, repr=False)  # the walk met a registration of an already-listed module
 
     def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
         """`compute()`, once per index: for values other modules derive from this index's structure
@@ -261,6 +262,10 @@ class ModelIndex:
 
     @cached_property
     def _aliases(self) -> dict[int, list[str]]:
+        if not self._met_listed:
+            # Every registration led to a new module, so no module has a second name: the second
+            # walk below (a full one, ~2× the first on 60k modules) would find nothing.
+            return {}
         by_id: dict[int, list[str]] = {}
         for name, module in self.model_ref().named_modules(remove_duplicate=False):
             by_id.setdefault(id(module), []).append(user_name(name))  # without FSDP1/checkpoint segments

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -158,6 +159,8 @@ def quantized_mask(index) -> torch.Tensor:
 
 def _quantized_mask(index) -> torch.Tensor:
     mask = index.class_mask(lambda c: (f := family_of_class(c)) is not None and f.quantized)
+    if "torchao" not in sys.modules:  # no torchao tensor subclass can exist: skip the per-Linear look at weights
+        return mask
     candidates = index.class_mask(lambda c: issubclass(c, nn.Linear) and family_of_class(c) is None)
     for i in candidates.nonzero().flatten().tolist():
         if family_of(index.modules[i]) is TORCHAO:

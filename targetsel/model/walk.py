@@ -62,6 +62,7 @@ def _walk(model: nn.Module) -> dict:
     position_of: dict[nn.Module, int] = {}
     position_by_id: dict[int, int] = {}  # unhashable modules, on which named_modules() itself raises
     shared_edges: list[tuple[int, int]] = []  # (parent position, position of an already-listed child)
+    met_listed = False  # did any registration point at a module already listed (shared, or equal to one)?
     params: list[nn.Parameter] = []
     param_names: list[str] = []
     param_pos: dict[int, int] = {}
@@ -89,6 +90,7 @@ def _walk(model: nn.Module) -> dict:
             if seen is None:
                 position_by_id[id(module)] = pos + 1
         if seen is not None:
+            met_listed = True
             if modules[seen] is module:  # one module at two places: the second parent uses its parameters
                 shared_edges.append((parent, seen))
             continue
@@ -173,6 +175,7 @@ def _walk(model: nn.Module) -> dict:
         _position_by_id=position_by_id,
         _own_params=own_params,
         _param_pos=param_pos,
+        _met_listed=met_listed,
     )
 
 

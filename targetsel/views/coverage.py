@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from targetsel.model.arrays import long_tensor
 from targetsel.model.components import component_mask
 from targetsel.model.threads import single_threaded
 from targetsel.query.nodes import COMPONENTS
@@ -221,16 +222,16 @@ def _layout_tensors(index, lay: _Layout) -> tuple:
 def _build_layout_tensors(index, lay: _Layout) -> tuple:
     roles: dict[str, int] = {}
     role_of = [-1] * index.size
+    role_id: dict[str, int] = {}  # a name's part below its layer → role id: each part recurs in every layer
+    names = index.names
     for i, (s, layer) in enumerate(zip(lay.stack_of, lay.layer_of)):
         if s >= 0:
-            role_of[i] = roles.setdefault(_role(index, lay.stacks[s], layer, i), len(roles))
-    as_t = functools.partial(torch.tensor, dtype=torch.long)
-    return as_t(lay.stack_of), as_t(lay.layer_of), as_t(lay.kind_of), as_t(role_of), list(roles)
-
-
-def _role(index, stack: Stack, layer: int, i: int) -> str:
-    root = index.names[stack.roots[layer]]
-    return _NUMBER.sub("*", index.names[i][len(root) + 1 :])
+            below = names[i][len(names[lay.stacks[s].roots[layer]]) + 1:]
+            found = role_id.get(below)
+            if found is None:
+                found = role_id[below] = roles.setdefault(_NUMBER.sub("*", below), len(roles))
+            role_of[i] = found
+    return tuple(map(long_tensor, (lay.stack_of, lay.layer_of, lay.kind_of, role_of))) + (list(roles),)
 
 
 def _absent(index, stack: Stack, role: str, layers: set, others: set) -> list[int]:

@@ -18,6 +18,7 @@ from typing import Iterable, Optional, Union
 import torch
 
 from targetsel.errors import EmptySelectionError, SelectionError, TargetselError
+from targetsel.model.arrays import long_tensor
 from targetsel.model.resolution import Resolution
 from targetsel.model.threads import single_threaded
 from targetsel.model.wrappers import target_names
@@ -64,11 +65,11 @@ class _SuffixKeys:
     def __init__(self, parent: list[int], leaf: list[int], depth: list[int], leaves: dict[str, int]):
         n = len(parent)
         self.leaves = leaves
-        parent_t = torch.tensor(parent, dtype=torch.long)
-        leaf_t = torch.tensor(leaf, dtype=torch.long)
-        self.depth = torch.tensor(depth, dtype=torch.long)  # segments per name (0: the root)
+        parent_t, leaf_t = long_tensor(parent), long_tensor(leaf)
+        self.depth = long_tensor(depth)  # segments per name (0: the root)
         key = leaf_t  # level 1: the last segment (the root has none: -1)
-        self.levels, self.codes = [key], [None]  # codes[k-1]: key → (parent key, leaf) pair code, per level
+        self.levels, self._pairs = [key], [None]  # _pairs[k-1]: the sorted (parent key, leaf) pair codes of level k
+        self._codes: dict[int, dict] = {}  # level → {pair code: key}, built when an entry first reaches that level
         width = max(len(leaves), 1)
         for k in range(2, int(self.depth.max()) + 1 if n > 1 else 1):
             here = self.depth >= k
@@ -77,8 +78,15 @@ class _SuffixKeys:
             key = torch.full_like(leaf_t, -1)
             key[here] = inverse
             self.levels.append(key)
-            self.codes.append({c: j for j, c in enumerate(uniq.tolist())})
+            self._pairs.append(uniq)
         self.width = width
+
+    def _code_table(self, level: int) -> dict:
+        table = self._codes.get(level)
+        if table is None:  # most entries are short: the deep levels (one key per module) are rarely asked
+            pairs = self._pairs[level]
+            table = self._codes[level] = dict(zip(pairs.tolist(), range(len(pairs))))
+        return table
 
     def entry_key(self, entry: str, known: Optional[dict] = None) -> Optional[tuple[int, int]]:
         """(level, key) of the names that equal `entry` or end with '.' + entry; None when none does.
@@ -95,7 +103,7 @@ class _SuffixKeys:
         elif leaf is not None:
             before = self.entry_key(head, known)
             if before is not None and before[0] < len(self.levels):
-                key = self.codes[before[0]].get(before[1] * self.width + leaf)
+                key = self._code_table(before[0]).get(before[1] * self.width + leaf)
                 found = None if key is None else (before[0] + 1, key)
         known[entry] = found
         return found
@@ -152,20 +160,23 @@ class _SuffixKeys:
 def suffix_keys(index) -> Optional[_SuffixKeys]:
     """The index's `_SuffixKeys`, once per index; None when some name's dotted prefix is not itself a
     module name (wrappers that drop segments): the string functions above answer then."""
-    return index.memo("suffix_keys", lambda: _build_suffix_keys(index.names))
+    return index.memo("suffix_keys", lambda: _build_suffix_keys(index.names, index.parents))
 
 
 @single_threaded
-def _build_suffix_keys(names: list[str]) -> Optional[_SuffixKeys]:
-    where = {name: i for i, name in enumerate(names)}
+def _build_suffix_keys(names: list[str], parents: list[int]) -> Optional[_SuffixKeys]:
+    # A name is its parent's name, a dot and its leaf (the root's children: the leaf alone); the
+    # index's parent positions say which name that is, so no name → position table is needed.
     leaves: dict[str, int] = {}
-    parent, leaf, depth = [0] * len(names), [-1] * len(names), [0] * len(names)
-    for i in range(1, len(names)):
+    new_leaf = leaves.setdefault
+    n = len(names)
+    parent, leaf, depth = [0] * n, [-1] * n, [0] * n
+    for i in range(1, n):
         head, dot, tail = names[i].rpartition(".")
-        p = where.get(head, -1) if dot else 0
-        if (dot and not 0 < p < i) or names[i] == "":  # a prefix listed before its extensions, as named_modules() does
-            return None
-        parent[i], leaf[i], depth[i] = p, leaves.setdefault(tail, len(leaves)), depth[p] + 1
+        p = parents[i]
+        if not tail or ((p == 0 or head != names[p]) if dot else p != 0) or not 0 <= p < i:
+            return None  # a prefix that is no listed module (a wrapper dropped a segment), or a second root
+        parent[i], leaf[i], depth[i] = p, new_leaf(tail, len(leaves)), depth[p] + 1
     return _SuffixKeys(parent, leaf, depth, leaves)
 
 

@@ -78,3 +78,50 @@ def test_aliases_are_the_other_names_of_a_module_listed_once():
     index = build_index(models.tied_and_shared())
     assert {index.names[p]: names for p, names in index.aliases().items()} == {"a.proj": ["b.proj"]}
     assert build_index(models.demo()).aliases() == {}
+
+
+class _EqualByValue(nn.Module):
+    """A module class with value equality: `named_modules()` skips one equal to a module already listed."""
+
+    def __eq__(self, other):
+        return type(other) is type(self)
+
+    def __hash__(self):
+        return 0
+
+
+def _shared_block() -> nn.Module:
+    m = nn.Module()
+    block = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    m.first, m.second = block, block  # a module with a subtree at two places: its children get two names too
+    return m
+
+
+def _shared_inside_equal() -> nn.Module:
+    m = nn.Module()
+    shared = nn.Linear(2, 2)
+    m.a, m.b = _EqualByValue(), _EqualByValue()  # b is skipped with its subtree, as named_modules() does
+    m.a.x = nn.Linear(2, 2)
+    m.b.x = shared
+    m.c = shared
+    return m
+
+
+ALIAS_TREES = {"demo": models.demo, "twelve_blocks": models.twelve_blocks, "tied_and_shared": models.tied_and_shared,
+               "shared_block": _shared_block, "shared_inside_equal": _shared_inside_equal, "hf-llama": lambda: models.cached_hf_model("llama")}
+
+
+@pytest.mark.parametrize("tree, has_shared", [("demo", False), ("twelve_blocks", False), ("hf-llama", False),
+                                              ("tied_and_shared", True), ("shared_block", True), ("shared_inside_equal", True)])
+def test_aliases_equal_named_modules_without_deduplication(tree, has_shared):
+    model = ALIAS_TREES[tree]()
+    index = build_index(model)
+    by_id: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        by_id.setdefault(id(module), []).append(name)
+    expected = {pos: [n for n in by_id[id(m)] if n != index.names[pos]] for pos, m in enumerate(index.modules)
+                if len(by_id[id(m)]) > 1}
+    # Models where every registration leads to a new module skip the second walk; the answer is the same.
+    assert index._met_listed is has_shared
+    assert index.aliases() == expected
+    assert bool(expected) is has_shared  # each shared tree does give a module a second name

@@ -118,6 +118,23 @@ def test_quantized_on_a_float_model_is_empty_and_says_why():
     assert "quantization_config" in explain_empty(sel.resolution())
 
 
+@pytest.mark.parametrize("weight", ["torchao", "plain"])
+def test_an_nn_linear_with_a_torchao_weight_is_quantized(monkeypatch, weight):
+    # torchao quantizes in place: the layer stays an nn.Linear, its weight becomes a torchao tensor
+    # subclass. torchao is not installed here, so the subclass is one of the same name and package;
+    # loading it puts `torchao` in sys.modules, as importing the real one does (the atom looks at
+    # weights only then).
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    if weight == "torchao":
+        monkeypatch.setitem(sys.modules, "torchao", type(sys)("torchao"))
+        subclass = type("AffineQuantizedTensor", (torch.Tensor,), {"__module__": "torchao.dtypes"})
+        model[1].weight = nn.Parameter(torch.empty(2, 2).as_subclass(subclass), requires_grad=False)
+    assert select(model, "quantized").names() == (["1"] if weight == "torchao" else [])
+
+
 def test_quantized_atom_needs_no_value():
     with pytest.raises(ts.QuerySyntaxError, match="`quantized` takes no value"):
         ts.parse("quantized:4bit")

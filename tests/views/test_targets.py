@@ -65,10 +65,20 @@ def test_keys_give_the_same_minimal_suffixes(built, model_name):
     assert compared >= 4
 
 
-@pytest.mark.parametrize("names", [
-    ["", "a.b"],              # a dotted prefix that is no module name (a wrapper dropped a segment)
-    ["", "a", "a.b", ""],     # a second empty name
-    ["", "a.b", "a"],         # a prefix listed after its extension
+@pytest.mark.parametrize("names, parents", [
+    (["", "a.b"], [-1, 0]),                 # a dotted prefix that is no module name (a wrapper dropped a segment)
+    (["", "a", "x.b"], [-1, 0, 1]),         # a name that is not its parent's name and a leaf
+    (["", "a", "a.b", ""], [-1, 0, 1, 0]),  # a second empty name
+    (["", "a", "b"], [-1, 0, 1]),           # no dot, yet not a child of the root
+    (["", ".b"], [-1, 0]),                  # an empty first segment
+    (["", "a", "a."], [-1, 0, 1]),          # an empty leaf
+    (["", "a.b", "a"], [-1, 2, 0]),         # a prefix listed after its extension
 ])
-def test_names_the_keys_cannot_describe_fall_back_to_strings(names):
-    assert _build_suffix_keys(names) is None
+def test_names_the_keys_cannot_describe_fall_back_to_strings(names, parents):
+    assert _build_suffix_keys(names, parents) is None
+
+
+def test_names_the_keys_can_describe_are_keyed():
+    keys = _build_suffix_keys(["", "a", "a.b", "c"], [-1, 0, 1, 0])
+    assert keys is not None and keys.depth.tolist() == [0, 1, 2, 1]
+    assert keys.list_matches(["b"]) == [False, False, True, False]

@@ -15,7 +15,7 @@ from torch import nn
 from targetsel.bridge.checks.registry import Finding, finding, rule
 from targetsel.bridge.checks.subject import Subject
 from targetsel.bridge.probe import probe_config
-from targetsel.model.wrappers import class_name
+from targetsel.model.wrappers import class_name, peft_view
 
 _PARAMETERS = operator.attrgetter("_parameters")
 
@@ -126,15 +126,22 @@ def _measured_clash_effects(config, prefix: str) -> Optional[tuple[str, ...]]:
     return _CLASH_EFFECTS[key]
 
 
+def _parameter_keys(index) -> str:
+    """Every module's own parameter keys, joined by newlines (each parameter name ends with its key)."""
+    if len(index.reg_pos) == len(index.params) and peft_view(index) is None:
+        # Every parameter registered once, under the name it is listed by: the index's parameter names
+        # hold every key, and joining them skips reading the `_parameters` dict of each of 60k modules.
+        return "\n".join(index.param_names)
+    return "\n".join(chain.from_iterable(map(dict.keys, map(_PARAMETERS, index.modules))))
+
+
 def _names_with_prefix(index, prefix: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """(positions, names shown) of modules whose own name or own parameters' names contain `prefix`.
 
     Structural, so once per index; and most models have no such name at all, which one substring
     search over all names and parameter keys joined (in C) tells without a per-module loop."""
-    if "\n" not in prefix:
-        keys = chain.from_iterable(map(dict.keys, map(_PARAMETERS, index.modules)))
-        if prefix not in "\n".join(index.names) and prefix not in "\n".join(keys):
-            return (), ()
+    if "\n" not in prefix and prefix not in "\n".join(index.names) and prefix not in _parameter_keys(index):
+        return (), ()
     positions, shown = [], []
     for i, (name, module) in enumerate(zip(index.names, index.modules)):
         if not i:

@@ -105,6 +105,26 @@ def _lora_named_model():
     return m
 
 
+def _lora_parameter_model():
+    """A parameter, not a module, whose key contains 'lora_'."""
+    with torch.device("meta"):
+        m = nn.Module()
+        m.scaled = nn.Linear(4, 4)
+        m.scaled.register_parameter("lora_scale", nn.Parameter(torch.ones(4)))
+        m.other = nn.Linear(4, 4)
+    return m
+
+
+def _tied_lora_parameter_model():
+    """A tied parameter whose second registration's key contains 'lora_' (its first does not)."""
+    with torch.device("meta"):
+        m = nn.Module()
+        m.head = nn.Linear(4, 4)  # listed first: named_parameters() names the weight head.weight
+        m.other = nn.Linear(4, 4)
+        m.other.register_parameter("lora_tied", m.head.weight)
+    return m
+
+
 def _all_frozen_demo():
     m = models.demo()
     m.requires_grad_(False)
@@ -141,6 +161,10 @@ CASES = [
      lambda ms: ms == ("lm_head",), r"^The output head lm_head is selected \(its weight is tied to language_model\.embed_tokens\.weight\).*LoRA at r=8 adds 8×\(512\+32000\) = 260,096 parameters there"),
     ("adapter-name-clash", _lora_named_model, lambda m: select(m, "glob:other"), None, "adapter-name-clash", "warning",
      lambda ms: ms == ("lora_proj",), r"^1 base-model name\(s\) of Module contain 'lora_'"),
+    ("adapter-name-clash (parameter)", _lora_parameter_model, lambda m: select(m, "glob:other"), None,
+     "adapter-name-clash", "warning", lambda ms: ms == ("scaled",), r"^1 base-model name\(s\) of Module contain 'lora_'"),
+    ("adapter-name-clash (tied parameter)", _tied_lora_parameter_model, lambda m: select(m, "glob:head"), None,
+     "adapter-name-clash", "warning", lambda ms: ms == ("other",), r"^1 base-model name\(s\) of Module contain 'lora_'"),
     ("shared-module", models.tied_and_shared, lambda m: select(m, "glob:a.proj"), None, "shared-module", "warning",
      lambda ms: ms == ("a.proj",), r"registered under more than one name: a\.proj \(also b\.proj\)"),
     ("all-frozen", _all_frozen_demo, lambda m: select(m, "trainable & linear"), None, "all-frozen", "info",
