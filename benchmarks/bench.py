@@ -251,7 +251,7 @@ def real_architectures() -> list[tuple[str, nn.Module]]:
 
 def run(sizes: list[str], real: bool = True, repeat: int = 5, p5: bool = True, atoms: bool = True, fresh: int = 3) -> dict:
     """Every figure: one row per model, the atom table on the target size (or the largest asked for)."""
-    from queries import measure_atoms
+    from queries import measure_atoms, measure_grad_floor
 
     rows, atom_rows = [], None
     atom_size = "63k" if "63k" in sizes else sizes[-1]
@@ -264,7 +264,8 @@ def run(sizes: list[str], real: bool = True, repeat: int = 5, p5: bool = True, a
         row["build_s"] = build_s
         rows.append(row)
         if atoms and label == atom_size:
-            atom_rows = {"model": row["model"], "modules": row["modules"], "rows": measure_atoms(model, walk, timed, repeat)}
+            atom_rows = {"model": row["model"], "modules": row["modules"], "rows": measure_atoms(model, walk, timed, repeat),
+                         "grad_floor": measure_grad_floor(model, walk, timed, repeat)}
         del model
         gc.collect()
     if real:

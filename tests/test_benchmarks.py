@@ -38,9 +38,13 @@ def test_smallest_size_runs_and_reports_every_figure(bench):
     assert {"regex over all names", "glob", "type", "under (name)", "layers", "component", "frozen", "mixed", "trainable + layers",
             "where (query string)", "not / minus", "or of atoms"} <= {r["kind"] for r in atoms}
     assert all(r["repeated"] > 0 and r["new"] > 0 for r in atoms)
+    floor = result["atoms"]["grad_floor"]
+    assert floor["parameters"] == len(list(bench.build_moe(*bench.SIZES["1k"]).parameters())) and floor["ratio"] > 0
     table = bench.table(result)
     assert table.splitlines()[0].startswith("| model | modules |") and "per-expert MoE 1k" in table
     assert "| regex over all names |" in table and "P1 on 2 fresh" in table
+    assert f"Reading the {floor['parameters']:,} flags and doing nothing else costs **{floor['ratio']:.3f}×**" in table
+    assert "(again " in table  # a first patch() and a further one
 
 
 def test_growth_table_reports_cost_per_module(bench):
@@ -68,11 +72,13 @@ def test_main_quick_prints_the_table(bench, capsys):
 def test_table_says_where_patch_time_goes_on_the_target_size(bench):
     parts = dict(zip(bench.PATCH_PARTS, (0.5, 0.75, 0.5)))
     row = {"model": "per-expert MoE 63k (61×256)", "modules": 63_384, "walk_s": 0.25, "P1": 0.9, "P2": 0.02,
-           "patch": 2.0, "patch_parts": parts, "index_MiB_per_100k": 50.0}
+           "patch": 2.0, "patch_again": 1.5, "patch_parts": parts, "index_MiB_per_100k": 50.0}
     small = {**row, "model": "per-expert MoE 1k (6×40)", "modules": 1_055}
     text = bench.table({"rows": [small, row]})
     (line,) = [ln for ln in text.splitlines() if ln.startswith("Where `patch()`")]
     assert "per-expert MoE 63k" in line and all(f"{label} {x:.2f}×" in line for label, x in parts.items())
+    assert "a first call (2.00×) builds the per-index tables it needs" in line and ", 0.50×;" in line
+    assert "| 2.00× ✓ (again 1.50×) |" in text
     assert line.endswith("(together 1.75×; building the new config and the form loop cost the rest).")
 
 
