@@ -33,6 +33,7 @@ class _Lock(BaseModel):
     hash: str
     names: list[str]
     versions: dict[str, Optional[str]]
+    adapted: bool = False  # taken on a model that already held PEFT adapter layers (written only then)
 
 
 def names_hash(names: list[str]) -> str:
@@ -56,7 +57,7 @@ def lock(res: Resolution) -> dict:
     query = N.Selector(res.node).to_query()  # NotSerialisableError for .where(fn): it could never be re-checked
     names = list(res.names)
     res.remember()
-    return {
+    data = {
         "format": LOCK_FORMAT,
         "query": query,
         "model_class": res.model_class,
@@ -65,6 +66,9 @@ def lock(res: Resolution) -> dict:
         "names": names,
         "versions": versions(),
     }
+    if res.adapted:  # a selection of adapter internals, on purpose: check_lock re-resolves it on adapted models
+        data["adapted"] = True
+    return data
 
 
 def read_lock(data: Any) -> dict:
@@ -128,16 +132,25 @@ class Drift:
 
 def check_lock(model, lock_data: dict) -> Drift:
     """Re-resolve a lock's selector on `model` and report names added or lost since the lock."""
-    from targetsel.errors import UnknownNameError
+    from targetsel.errors import ModelRewrittenError, UnknownNameError
     from targetsel.model.evaluate import check_against_model
     from targetsel.model.index import get_index
     from targetsel.query.parser import parse
 
     data = read_lock(lock_data)
+    index = get_index(model, for_names=True)  # NotAModuleError first
+    if index.has_tuner_layers() and not data["adapted"]:
+        raise ModelRewrittenError(
+            f"check_lock: {type(model).__name__} holds {index.tuner_layer_count()} PEFT adapter layer(s) — get_peft_model "
+            f"rewrote it — but the lock of {data['query']!r} ({data['count']} module(s) of {data['model_class']}) was taken "
+            "before injection: re-resolving it here would answer for adapter internals (base_layer, lora_A, …), not for "
+            "the model it was taken on. Check the lock on the base model before get_peft_model, or compare what PEFT "
+            "wrapped with it: audit(peft_model, lock)."
+        )
     note = ""
     try:
         node = parse(data["query"]).root
-        check_against_model(node, get_index(model, for_names=True))
+        check_against_model(node, index)
         now = resolve(model, node).names
     except UnknownNameError as exc:  # a type or module the query names is gone: everything is lost
         now, note = [], str(exc).splitlines()[0]

@@ -292,6 +292,27 @@ def test_check_lock_reports_version_changes():
     assert "(after transformers 4.0.0 →" in str(drift)
 
 
+@pytest.mark.parametrize("handed", ["the PeftModel", "the base model it rewrote"])
+def test_check_lock_on_an_adapted_model_says_to_audit(handed):
+    model = models.demo()
+    lock = select(model, SAFE_QUERY).lock()
+    peft_model = quiet_peft(model, patch(LoraConfig(), select(model, SAFE_QUERY)))
+    target = peft_model if handed == "the PeftModel" else model
+    with pytest.raises(ts.ModelRewrittenError, match=r"holds 20 PEFT adapter layer\(s\).*taken before injection.*"
+                                                     r"audit\(peft_model, lock\)"):
+        check_lock(target, lock)
+    assert audit(peft_model, lock).ok  # what the error points to answers
+
+
+def test_a_lock_taken_on_an_adapted_model_is_checked_there():
+    model = models.demo()
+    peft_model = quiet_peft(model, patch(LoraConfig(), select(model, SAFE_QUERY)))
+    lock = select(peft_model, "glob:**.lora_A.default").lock()  # adapter internals, selected on purpose
+    assert lock["adapted"] is True and lock["count"] == 20
+    assert check_lock(peft_model, lock).ok
+    assert "adapted" not in select(models.demo(), SAFE_QUERY).lock()  # unadapted locks are as before
+
+
 def _edited(field, value):
     lock = select(models.demo(), SAFE_QUERY).lock()
     lock[field] = value
