@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 import pytest
 import torch
 import transformers
-from peft import LoraConfig
+from peft import IA3Config, LoraConfig
 from torch import nn
 
 import targetsel as ts
@@ -52,6 +52,9 @@ def model(name: str) -> nn.Module:
                                           first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
                                           qk_nope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1, num_experts_per_tok=2),
         "mixtral": lambda: _causal_lm("mixtral", num_hidden_layers=2, num_local_experts=4),
+        # a model type PEFT's Mamba guard names: LoRA on its mixers' out_proj raises in get_peft_model
+        "nemotron_h": lambda: _causal_lm("nemotron_h", num_hidden_layers=4, mamba_num_heads=8, mamba_head_dim=8,
+                                         ssm_state_size=16, n_groups=1),
     }[name]()
 
 
@@ -256,6 +259,37 @@ UNEVEN = [
 def test_uneven_coverage_is_flagged(name, target, message):
     finding = only(check(model(name), target), "uneven-coverage")
     assert finding.severity == "info" and message in finding.message
+
+
+MAMBA_GUARD = [
+    # (target, in the message, out_proj counted among the modules left bare)
+    ("linear & glob:**.{q,k,v,o}_proj", "Not counted: out_proj, which PEFT refuses on 'nemotron_h' models (its Mamba guard raises).", False),
+    (LoraConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), "Not counted: out_proj, which PEFT refuses", False),
+    ("linear & glob:**.{q,k,v,o}_proj", "(e.g. linear & under:model.layers - glob:**.out_proj)", False),
+    # the guard is for LoRA-like methods only: IA3 adapts out_proj there, so it is counted
+    (IA3Config(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], feedforward_modules=[]),
+     "model.layers.0.mixer.{in,out}_proj (2)", True),
+]
+
+
+@pytest.mark.parametrize("target, message, counted", MAMBA_GUARD, ids=["selection", "config", "advice", "ia3"])
+def test_uneven_coverage_leaves_out_what_peft_refuses(target, message, counted):
+    finding = only(check(model("nemotron_h"), target), "uneven-coverage")
+    assert message in finding.message
+    assert any(n.endswith(".out_proj") for n in finding.modules) is counted
+    assert "model.layers.0.mixer.in_proj" in finding.modules  # the mamba block's other projection is still counted
+
+
+def test_the_advice_around_peft_s_mamba_guard_is_accepted_by_peft():
+    from peft import get_peft_model
+
+    fresh = _causal_lm("nemotron_h", num_hidden_layers=4, mamba_num_heads=8, mamba_head_dim=8, ssm_state_size=16, n_groups=1)
+    advised = select(fresh, "linear & under:model.layers - glob:**.out_proj")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(fresh, ts.patch(LoraConfig(r=2), advised), low_cpu_mem_usage=True)
+    assert ts.audit(peft_model, advised).ok
+    assert codes(check(model("nemotron_h"), "linear & under:model.layers - glob:**.out_proj"), "uneven-coverage") == []
 
 
 def test_uneven_coverage_names_the_uncovered_modules():

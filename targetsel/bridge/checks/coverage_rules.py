@@ -10,6 +10,7 @@ views/dead_operands.py; a config's entries are judged by PEFT's own rules in bri
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 
@@ -82,25 +83,59 @@ def uneven_coverage(s: Subject) -> list[Finding]:
     mask = torch.zeros(s.index.size, dtype=torch.bool)
     mask[torch.tensor(s.positions, dtype=torch.long)] = True
     cov = coverage(s.index, mask, intended_layers=_layers_intended(s))
-    found = [(st, _stack_text(st, s)) for st in cov.stacks]
+    refused = _refused_by_peft(s, cov)
+    stacks = [replace(st, uncovered_candidates=tuple(i for i in st.uncovered_candidates if i not in refused))
+              for st in cov.stacks]
+    found = [(st, _stack_text(st, s)) for st in stacks]
     found = [(st, text) for st, text in found if text]
     if not found:
         return []
     components = ", ".join(f"{name} {a}/{c}" for name, (a, c) in cov.components.items() if c)
     actionable = any(st.partial and st.uncovered_candidates or any(g.not_selected for g in st.gaps) for st, _ in found)
     container = found[0][0].container
+    leaves = sorted({s.index.names[i].rpartition(".")[2] for st in cov.stacks for i in st.uncovered_candidates
+                     if i in refused})
+    without = f" - glob:**.{leaves[0] if len(leaves) == 1 else '{' + ','.join(leaves) + '}'}" if leaves else ""
     advice = (" If that is what you meant, nothing is wrong; otherwise " + s.fix(
-        selection=f"select by class and place (e.g. linear & under:{container}) instead of by name.",
+        selection=f"select by class and place (e.g. linear & under:{container}{without}) instead of by name.",
         config="name the other blocks' layers too, or build the targets with targetsel.bridge.patch(config, "
                "select(model, ...)).")) if actionable else (
         " The model has no such module there: nothing to add, but expect fewer adapters in those layers.")
+    model_type = getattr(getattr(s.model, "config", None), "model_type", None)
     message = (
         " ".join(text for _, text in found)
         + (f" By component (selected / modules of the selected classes): {components}." if components.count("/") > 1 else "")
+        + (f" Not counted: {', '.join(leaves)}, which PEFT refuses on {model_type!r} models (its Mamba guard raises)."
+           if leaves else "")
         + advice
     )
     positions = [i for st, _ in found for i in st.uncovered_candidates]
     return [finding("uneven-coverage", message, s, positions)]
+
+
+def _refused_by_peft(s: Subject, cov) -> frozenset[int]:
+    """Positions of candidates PEFT's Mamba guard would raise on (`out_proj`, `conv1d` of Mamba model
+    types, for LoRA-like methods), asked of the installed PEFT for each distinct leaf name: the lint
+    must not count as missing what PEFT refuses to adapt, nor suggest selecting it."""
+    try:
+        from peft.tuners.tuners_utils import _check_lora_target_modules_mamba as guard
+    except ImportError:  # older PEFT: no guard
+        return frozenset()
+    if getattr(s.config, "peft_type", None) is None:
+        return frozenset()
+    verdicts: dict[str, bool] = {}
+
+    def refuses(leaf: str) -> bool:
+        if leaf not in verdicts:
+            try:
+                guard(s.config, s.model, leaf)
+                verdicts[leaf] = False
+            except ValueError:
+                verdicts[leaf] = True
+        return verdicts[leaf]
+
+    return frozenset(i for st in cov.stacks for i in st.uncovered_candidates
+                     if refuses(s.index.names[i].rpartition(".")[2]))
 
 
 def _layers_intended(s: Subject) -> bool:
