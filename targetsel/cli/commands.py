@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from targetsel.cli.files import config_json, is_adapter_argument, read_peft_config as _read_peft_config  # noqa: F401
 from targetsel.cli.options import add_model_options, prepare_model
-from targetsel.cli.terminal import dump as _dump, out as _out, progress as _progress
+from targetsel.cli.terminal import dump as _dump, out as _out, progress as _progress, refused, replay_warnings
 from targetsel.errors import TargetselError, TargetselWarning
 
 DEMO_QUERY = "linear & trainable"
@@ -211,12 +211,8 @@ def _patch(ns) -> int:
         try:
             new = patch(config, select(model, ns.query), form=ns.form, strict=ns.strict)
         except PreflightError as exc:
-            for f in getattr(exc, "findings", []):
-                print(f"{f.severity} [{f.code}] {f.message}\n", file=sys.stderr)
-            print("targetsel: the config was not written: fix the errors above.", file=sys.stderr)
-            return 1
-    for w in caught:
-        print(f"warning {w.message}", file=sys.stderr)
+            return refused(exc, "the config was not written")
+    replay_warnings(caught)
     text = config_json(new)
     if ns.output:
         out = Path(ns.output)

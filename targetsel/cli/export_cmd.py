@@ -79,7 +79,7 @@ def _pairs(values: list[str], option: str, number: type) -> dict:
 def run(ns) -> int:
     from targetsel.bridge.exports import export, trainer_module
     from targetsel.cli.options import prepare_model
-    from targetsel.cli.terminal import dump, out, progress
+    from targetsel.cli.terminal import dump, out, progress, refused, replay_warnings
     from targetsel.errors import ExportError, PreflightError, TargetselWarning
     from targetsel.selection import select
 
@@ -98,15 +98,11 @@ def run(ns) -> int:
             keys = export(sel if sel is not None else psel, module.NAME, parameters=psel if sel is not None else None,
                           ranks=ranks or None, alphas=alphas or None)
         except PreflightError as exc:
-            for f in getattr(exc, "findings", []):
-                print(f"{f.severity} [{f.code}] {f.message}\n", file=sys.stderr)
-            print("targetsel: nothing was exported: fix the errors above.", file=sys.stderr)
-            return 1
+            return refused(exc, "nothing was exported")
         except ExportError as exc:
             print(f"targetsel: error: {exc}", file=sys.stderr)
             return 1
-    for w in caught:
-        print(f"warning {w.message}", file=sys.stderr)
+    replay_warnings(caught)
     if ns.format == "yaml":
         what = " and ".join(filter(None, (f"{ns.query!r}" if ns.query is not None else "",
                                           f"parameters of {ns.parameters!r}" if ns.parameters is not None else "")))

@@ -30,6 +30,20 @@ def note(text: str) -> None:
     print(f"targetsel: {text}", file=sys.stderr)
 
 
+def refused(exc, nothing_done: str) -> int:
+    """A `PreflightError`'s findings on stderr, then what was not done (`nothing_done`); exit code 1."""
+    for f in getattr(exc, "findings", []):
+        print(f"{f.severity} [{f.code}] {f.message}\n", file=sys.stderr)
+    print(f"targetsel: {nothing_done}: fix the errors above.", file=sys.stderr)
+    return 1
+
+
+def replay_warnings(caught) -> None:
+    """Warnings recorded while the work ran (under the spinner), each on a stderr line of its own."""
+    for w in caught:
+        print(f"warning {w.message}", file=sys.stderr)
+
+
 _spinning = False  # rich draws one live display at a time: an inner progress() adds none
 
 
