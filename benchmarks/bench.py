@@ -212,6 +212,7 @@ def measure_p5(layers: int = 8, experts: int = 64, repeat: int = 3) -> dict:
     def run(target_modules):
         model = build_moe(layers, experts)
         cfg = LoraConfig(r=4, target_modules=target_modules)
+        gc.collect()  # the previous run's adapted model is garbage: collect it here, not inside the next timing
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             start = time.perf_counter()
@@ -224,12 +225,14 @@ def measure_p5(layers: int = 8, experts: int = 64, repeat: int = 3) -> dict:
     full = sel.names()
     hand = [f"experts.{i}.{p}" for i in range(experts) for p in ("gate_proj", "up_proj", "down_proj")]
     n_modules = sum(1 for _ in model.named_modules()) - 1
-    # Interleaved, so that load on the machine falls on all three alike; best of `repeat`.
-    runs: dict[str, list[float]] = {"compiled": [], "hand": [], "full": []}
-    for _ in range(repeat):
-        runs["compiled"].append(run(compiled))
-        runs["hand"].append(run(hand))
-        runs["full"].append(run(full))
+    # Interleaved, so that load on the machine falls on all three alike, each round in a rotated order
+    # (none always first); best of `repeat`.
+    targets = {"compiled": compiled, "hand": hand, "full": full}
+    runs: dict[str, list[float]] = {key: [] for key in targets}
+    for round_ in range(repeat):
+        order = list(targets)[round_ % 3:] + list(targets)[:round_ % 3]
+        for key in order:
+            runs[key].append(run(targets[key]))
     t_compiled, t_hand, t_full = (min(runs[k]) for k in ("compiled", "hand", "full"))
     return {"modules": n_modules, "targets": len(sel), "compiled": compiled if isinstance(compiled, str) else sorted(compiled),
             "P5_vs_hand": t_compiled / t_hand, "P5_vs_full_list": t_compiled / t_full,
@@ -275,7 +278,7 @@ def run(sizes: list[str], real: bool = True, repeat: int = 5, p5: bool = True, a
     if atom_rows is not None:
         result["atoms"] = atom_rows
     if p5:
-        result["p5"] = measure_p5(repeat=5 if repeat > 2 else 1, layers=8 if repeat > 2 else 2, experts=64 if repeat > 2 else 16)
+        result["p5"] = measure_p5(repeat=7 if repeat > 2 else 1, layers=8 if repeat > 2 else 2, experts=64 if repeat > 2 else 16)
     return result
 
 

@@ -8,8 +8,9 @@ Each row is timed twice against the model's walk:
   — what a user exploring with a regex never typed before pays.
 
 Rounds alternate a walk and the query, best of each: load on the shared machine falls on both alike,
-and the query runs with the caches a walk just used, as a further query in a real script does (the
-grad-state rows read every parameter's `requires_grad`, and pay those cache misses).
+and each figure is one run right after a walk, in the caches the walk left, as a further query in a
+real script meets them (the grad-state rows read every parameter's `requires_grad`, and pay those
+cache misses; a query run twice back to back would measure its own warm caches instead).
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ def measure_atoms(model: nn.Module, walk: Callable, timed: Callable, repeat: int
             once()
             # Interleaved rounds, best of each: load on the shared machine falls on the walk and the query alike.
             walks, repeats, news = [], [], []
-            for _ in range(max(2, repeat)):
+            for _ in range(max(2, repeat)):  # a walk right before each figure: neither runs in the other's warm caches
                 walks.append(timed(lambda: walk(model), 1))
-                repeats.append(timed(once, 2))
+                repeats.append(timed(once, 1))  # after the query ran once before the rounds: its patterns are remembered
+                walks.append(timed(lambda: walk(model), 1))
                 news.append(timed(once, 1, setup=lambda: forget_patterns(get_index(model))))
             t_walk, repeated, new = min(walks), min(repeats), min(news)
             rows.append({"kind": kind, "query": written, "n": len(query(model)), "repeated": repeated / t_walk,
