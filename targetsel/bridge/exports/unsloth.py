@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from targetsel.bridge.exports._common import Request, refuse, suffix_list, superset_hint
+from targetsel.bridge.exports._common import Request, suffix_list, superset_hint
 from targetsel.errors import ExportError
 
 NAME = "unsloth"
