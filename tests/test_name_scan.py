@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from targetsel.errors import PatternError, RegexTimeoutError
 from targetsel.query.globs import compile_glob, glob_names
-from targetsel.query.name_table import NameTable
+from targetsel.query.name_table import NameTable, named
 from targetsel.query.patterns import compile_regex, search_names
 from targetsel.query.regex_shape import shape
 
@@ -125,6 +125,29 @@ def test_names_holding_a_newline_are_searched_one_by_one():
     for pattern in (r"b.c", r"b\sc", r"^c", r"b$", r"c$"):
         assert search_names(pattern, names, [0, 1, 2, 3], table) == per_name(pattern, names, [0, 1, 2, 3]), pattern
     assert glob_names("*", names, [0, 1, 2, 3], table) == [0, 1, 2, 3]
+
+
+NAMED = ["", "a", "b", "ab", "a.b", "b.c", ".b", "b.", "q_proj", "self_attn", "self_attn.q_proj", "mlp.gate", "gate", "0", "12",
+         "experts.7", "K", "x y", "a\nb", "model.layers.0.self_attn", "model.norm", "lm_head"]
+
+
+@pytest.mark.parametrize("names", list(NAME_SETS) + ["with a newline"])
+def test_named_is_peft_s_suffix_rule(names):
+    """`named` (what `under:NAME` and `layers(within=)` resolve) equals "the full name, or ends with
+    '.' + NAME" tested on every name — by the joined-text search, or name by name with a newline."""
+    listed = NAME_SETS[names] if names in NAME_SETS else ["", "a", "b\nc", "x.b\nc", "c.b", "b"]
+    table = NameTable(listed)
+    for name in NAMED + ["b\nc"]:
+        expected = [i for i, n in enumerate(listed) if n == name or n.endswith("." + name)]
+        assert named(table, name) == expected, name
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "ab", "0", "x"]), min_size=1, max_size=4).map(".".join), max_size=30),
+       st.lists(st.sampled_from(["a", "b", "ab", "0", "x"]), min_size=1, max_size=3).map(".".join))
+def test_named_equals_the_rule_on_random_names(names, name):
+    listed = [""] + names
+    assert named(NameTable(listed), name) == [i for i, n in enumerate(listed) if n == name or n.endswith("." + name)]
 
 
 # One search that never ends, and searches that each end but together outlast the budget
